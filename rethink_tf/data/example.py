@@ -35,7 +35,7 @@ def check_example_spec(element_spec, name="dataset"):
     if unknown:
         raise ValueError(f"{name}: unknown keys {sorted(unknown)}; canonical keys are {ALL_KEYS}")
     expected = {IMAGE: (tf.uint8, 3), BOXES: (tf.float32, 2), CLASSES: (tf.int32, 1),
-                            MASK: (tf.uint8, 3), LABEL: (tf.int32, 0), SOURCE_ID: (tf.string, 0)}
+                MASK: (tf.uint8, 3), LABEL: (tf.int32, 0), SOURCE_ID: (tf.string, 0)}
     for key in (IMAGE, SOURCE_ID):
         if key not in element_spec:
             raise ValueError(f"{name}: every example needs '{key}'")
