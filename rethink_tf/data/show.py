@@ -1,0 +1,148 @@
+r"""Draws a grid of augmented examples with their boxes and masks: what the model sees.
+
+  python -m rethink_tf.data.show --dataset=digit_scenes/detection --policy=s4 --out=grid.png
+
+Each cell is one augmented training example: boxes with class names over the image, and the
+segmentation mask (if the dataset has one) blended in colour, ignore pixels (255) in grey.
+"""
+
+import colorsys
+
+import numpy as np
+from absl import app
+from absl import flags
+from PIL import Image
+from PIL import ImageDraw
+
+_DATASET = flags.DEFINE_string("dataset", "digit_scenes/detection", "Source name (see sources).")
+_SPLIT = flags.DEFINE_string("split", "train", "Split to draw from.")
+_POLICY = flags.DEFINE_enum("policy", "s4", ["s1", "s2", "s3", "s4", "none"],
+                            "Augmentation strength; 'none' is the evaluation resize.")
+_OUT = flags.DEFINE_string("out", "grid.png", "Output PNG path.")
+_ROWS = flags.DEFINE_integer("rows", 4, "Grid rows.")
+_COLS = flags.DEFINE_integer("cols", 6, "Grid columns.")
+_SIZE = flags.DEFINE_integer("image_size", 128, "Model input size in pixels.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
+
+
+def palette(num_classes):
+    """Distinct RGB colours, one per class."""
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / max(num_classes, 1), 0.9, 1.0))
+            for i in range(num_classes)]
+
+
+def draw_example(image, boxes=None, classes=None, mask=None, class_names=None,
+                 mask_alpha=0.45):
+    """Renders one example as a PIL image.
+
+    Args:
+      image: uint8 [H, W, 3].
+      boxes: float [N, 4] xyxy pixels (rows with class < 0 are padding and skipped).
+      classes: int [N].
+      mask: int [H, W] or [H, W, 1] class ids, 255 = ignore.
+      class_names: names of detection classes.
+      mask_alpha: opacity of the mask overlay.
+
+    Returns:
+      `PIL.Image`.
+    """
+    image = np.asarray(image, np.uint8)
+    canvas = image.astype(np.float32)
+    if mask is not None:
+        mask = np.asarray(mask).reshape(image.shape[:2]).astype(np.int64)
+        colours = np.array(palette(max(int(mask[mask != 255].max(initial=0)) + 1, 2)), np.float32)
+        overlay = np.zeros_like(canvas)
+        labelled = (mask > 0) & (mask != 255)
+        overlay[labelled] = colours[mask[labelled]]
+        overlay[mask == 255] = 128.0
+        blend = labelled | (mask == 255)
+        canvas[blend] = (1 - mask_alpha) * canvas[blend] + mask_alpha * overlay[blend]
+    pil = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    if boxes is not None:
+        draw = ImageDraw.Draw(pil)
+        n_colours = max(len(class_names or []), 10)
+        colours = palette(n_colours)
+        for box, cls in zip(np.asarray(boxes), np.asarray(classes)):
+            cls = int(cls)
+            if cls < 0:
+                continue
+            colour = colours[cls % n_colours]
+            draw.rectangle([float(v) for v in box], outline=colour, width=1)
+            name = class_names[cls] if class_names and cls < len(class_names) else str(cls)
+            draw.text((float(box[0]) + 1, float(box[1])), name, fill=colour)
+    return pil
+
+
+def grid(cells, cols, pad=2):
+    """Tiles equally sized PIL images into one image."""
+    width, height = cells[0].size
+    rows = (len(cells) + cols - 1) // cols
+    out = Image.new("RGB", (cols * (width + pad) + pad, rows * (height + pad) + pad), (255,) * 3)
+    for i, cell in enumerate(cells):
+        out.paste(cell, (pad + (i % cols) * (width + pad), pad + (i // cols) * (height + pad)))
+    return out
+
+
+def render(dataset, split, policy, out, *, rows=4, cols=6, image_size=128, seed=0,
+           data_dir=None):
+    """Writes a grid of `rows * cols` augmented examples of `dataset` to `out` (PNG)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from rethink_tf.data import pipelines  # pylint: disable=g-import-not-at-top
+    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
+
+    tf.random.set_seed(seed)
+    src_info = sources.info(dataset, data_dir=data_dir)
+    examples = sources.load(dataset, split, data_dir=data_dir)
+    spec = examples.element_spec
+    task = "detection" if "boxes" in spec else ("segmentation" if "mask" in spec else
+                                                 "classification")
+    class_names = list(src_info.class_names.get(task, ()))
+    if "mask" in spec and task == "detection":
+        # The detection pipeline drops masks; augment them alongside so they can be drawn.
+        model_examples = _with_masks(examples, image_size, policy, src_info.mask_class_offset)
+    else:
+        model_examples = pipelines.preprocess(
+            examples, task, image_size=image_size, policy="s1" if policy == "none" else policy,
+            training=policy != "none")
+    cells = []
+    for item in model_examples.take(rows * cols):
+        item = tf.nest.map_structure(lambda t: t.numpy(), item)
+        boxes = item.get("bounding_boxes", {}).get("boxes")
+        classes = item.get("bounding_boxes", {}).get("classes")
+        mask = item.get("segmentation_masks")
+        cells.append(draw_example(item["images"], boxes, classes, mask, class_names))
+    if not cells:
+        raise ValueError(f"{dataset} split {split!r} is empty")
+    grid(cells, cols).save(out)
+    return out
+
+
+def _with_masks(examples, image_size, policy, mask_class_offset):
+    """Augments detection examples keeping their masks (for display only)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from rethink_tf.data import augment  # pylint: disable=g-import-not-at-top
+    from rethink_tf.data import pipelines  # pylint: disable=g-import-not-at-top
+    fn = augment.make_augment_fn("s1" if policy == "none" else policy, (image_size, image_size),
+                                 training=policy != "none", mask_class_offset=mask_class_offset)
+
+    def to_cell(example):
+        example = {k: v for k, v in example.items() if k in ("image", "boxes", "classes", "mask")}
+        out = fn(example)
+        row = pipelines.to_model_example(out, "detection")
+        row["segmentation_masks"] = tf.cast(out["mask"], tf.int32)
+        return row
+
+    return examples.map(to_cell)
+
+
+def main(argv):
+    del argv
+    path = render(_DATASET.value, _SPLIT.value, _POLICY.value, _OUT.value, rows=_ROWS.value,
+                  cols=_COLS.value, image_size=_SIZE.value, seed=_SEED.value,
+                  data_dir=_DATA_DIR.value)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,84 @@
+"""Pure loss functions (keras.ops; eager and graph) and their thin Keras `Loss` wrappers.
+
+The ignore label is handled by masking, never by remapping: pixels labelled `ignore_label`
+contribute nothing to the value or the gradient, whatever the logits there. (Remapping 255 to
+class 0 before an ignore-class loss, a known bug elsewhere, makes them count as class 0.)
+"""
+
+import keras
+from keras import ops
+
+from rethink_tf.data.example import IGNORE_LABEL
+
+
+def _prepare(y_true, logits):
+    """Labels [B, H, W] int32 (trailing channel of 1 dropped) and float32 logits."""
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_true.shape) == len(logits.shape):
+        y_true = ops.squeeze(y_true, axis=-1)
+    return ops.cast(y_true, "int32"), ops.cast(logits, "float32")
+
+
+def masked_sparse_categorical_crossentropy_per_example(y_true, logits,
+                                                        ignore_label=IGNORE_LABEL):
+    """Per-example sum of pixel cross-entropies over non-ignored pixels, and their count.
+
+    Lets a train step weigh sub-batches (human vs pseudo labels) before normalising.
+
+    Args:
+        y_true: int labels [B, H, W, 1] or [B, H, W]; `ignore_label` marks ignored pixels.
+        logits: [B, H, W, C] unnormalised scores at the label resolution.
+        ignore_label: the label value to ignore.
+
+    Returns:
+        (loss_sum, pixel_count): two float32 tensors of shape [B].
+    """
+    labels, logits = _prepare(y_true, logits)
+    valid = ops.not_equal(labels, ignore_label)
+    # Ignored pixels get a harmless in-range label; `where` then drops their value and gradient.
+    safe_labels = ops.where(valid, labels, ops.zeros_like(labels))
+    per_pixel = keras.losses.sparse_categorical_crossentropy(safe_labels, logits,
+                                                             from_logits=True)
+    per_pixel = ops.where(valid, per_pixel, ops.zeros_like(per_pixel))
+    batch = ops.shape(per_pixel)[0]
+    loss_sum = ops.sum(ops.reshape(per_pixel, (batch, -1)), axis=1)
+    count = ops.sum(ops.reshape(ops.cast(valid, "float32"), (batch, -1)), axis=1)
+    return loss_sum, count
+
+
+def masked_sparse_categorical_crossentropy(y_true, logits, ignore_label=IGNORE_LABEL):
+    """Mean pixel cross-entropy over the non-ignored pixels of the batch.
+
+    Args:
+        y_true: int labels [B, H, W, 1] or [B, H, W]; `ignore_label` marks ignored pixels.
+        logits: [B, H, W, C] unnormalised scores.
+        ignore_label: the label value to ignore.
+
+    Returns:
+        A float32 scalar; 0 (not NaN) when every pixel is ignored.
+    """
+    loss_sum, count = masked_sparse_categorical_crossentropy_per_example(y_true, logits,
+                                                                         ignore_label)
+    return ops.divide_no_nan(ops.sum(loss_sum), ops.sum(count))
+
+
+@keras.saving.register_keras_serializable(package="rethink_tf")
+class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
+    """`masked_sparse_categorical_crossentropy` as a Keras loss, for `model.compile`.
+
+    The value is already the mean over non-ignored pixels of the batch (no sample weights).
+
+    Args:
+        ignore_label: the label value to ignore.
+    """
+
+    def __init__(self, ignore_label=IGNORE_LABEL, name="masked_sparse_categorical_crossentropy",
+                 **kwargs):
+        super().__init__(name=name, reduction="sum", **kwargs)
+        self.ignore_label = ignore_label
+
+    def call(self, y_true, y_pred):
+        return masked_sparse_categorical_crossentropy(y_true, y_pred, self.ignore_label)
+
+    def get_config(self):
+        return {"name": self.name, "ignore_label": self.ignore_label}

@@ -1,0 +1,30 @@
+r"""Trains a detector, segmenter or classifier from a config file.
+
+  python -m rethink_tf.train --config=experiments/configs/detection.py --workdir=/tmp/det \
+      [--config.train.steps=...] [--config.strategy=mirrored]
+
+Re-running the same command resumes from the latest checkpoint.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, tb, metrics).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    from rethink_tf.training import trainer  # pylint: disable=g-import-not-at-top
+    config = _CONFIG.value
+    if config.self_training.pseudo_labels:
+        from rethink_tf.training import student  # pylint: disable=g-import-not-at-top
+        student.train_student(config, _WORKDIR.value)
+    else:
+        trainer.train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

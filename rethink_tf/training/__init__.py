@@ -1,0 +1,1 @@
+"""Training: strategies, optimisers, checkpoints, callbacks and the custom train_steps."""

@@ -1,0 +1,133 @@
+"""Keras callbacks of a training run: TensorBoard scalars, checkpoints, evaluation, stop."""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rethink_tf.training import optimizer as optimizer_lib
+
+
+def _step(model):
+    return int(model.optimizer.iterations.numpy())
+
+
+class TrainSummaries(keras.callbacks.Callback):
+    """Every `every` steps: each loss term, the learning rate and images/s to TensorBoard.
+
+    Also prints one line per interval (with ETA) when `print_lines` is set, for logs that are
+    not a terminal.
+    """
+
+    def __init__(self, writer, every, global_batch_size, total_steps, print_lines=False):
+        super().__init__()
+        self.writer = writer
+        self.every = max(int(every), 1)
+        self.global_batch_size = global_batch_size
+        self.total_steps = total_steps
+        self.print_lines = print_lines
+        self._last_time = None
+        self._last_step = None
+        self.last_images_per_s = None
+
+    def on_train_begin(self, logs=None):
+        self._last_time, self._last_step = time.time(), _step(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = _step(self.model)
+        if step % self.every:
+            return
+        now = time.time()
+        steps = step - self._last_step
+        images_per_s = steps * self.global_batch_size / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_step = now, step
+        self.last_images_per_s = images_per_s
+        lr = optimizer_lib.current_learning_rate(self.model.optimizer)
+        scalars = {f"loss/{k}" if k != "loss" else "loss/total": float(v)
+                   for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        scalars.update({"learning_rate": lr, "throughput/images_per_s": images_per_s})
+        with self.writer.as_default(step=step):
+            for name, value in scalars.items():
+                tf.summary.scalar(name, value)
+        self.writer.flush()
+        if self.print_lines:
+            eta = (self.total_steps - step) * self.global_batch_size / max(images_per_s, 1e-9)
+            terms = " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in scalars.items()
+                             if k.startswith("loss/"))
+            print(f"step {step}/{self.total_steps} {terms} lr={lr:.4g} "
+                  f"{images_per_s:.1f} img/s ETA {eta / 60:.1f} min", flush=True)
+
+
+class PeriodicCheckpoint(keras.callbacks.Callback):
+    """Saves a checkpoint at every epoch end (an epoch is `checkpoint_every` steps)."""
+
+    def __init__(self, manager):
+        super().__init__()
+        self.manager = manager
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.manager.save(_step(self.model))
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Stops training once the optimiser has taken `total_steps` steps."""
+
+    def __init__(self, total_steps):
+        super().__init__()
+        self.total_steps = total_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if _step(self.model) >= self.total_steps:
+            self.model.stop_training = True
+
+
+class PeriodicEvaluation(keras.callbacks.Callback):
+    """Evaluates every `every` steps (at epoch ends) and at the last step.
+
+    `evaluate_fn(step)` does the work (metrics, metrics.json, TensorBoard, best checkpoint).
+    """
+
+    def __init__(self, evaluate_fn, every, total_steps):
+        super().__init__()
+        self.evaluate_fn = evaluate_fn
+        self.every = every
+        self.total_steps = total_steps
+        self._done_at = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = _step(self.model)
+        due = step >= self.total_steps or (self.every and step % self.every == 0)
+        if due and step != self._done_at:
+            self.evaluate_fn(step)
+            self._done_at = step
+
+
+def write_metrics(workdir, step, metrics, split):
+    """Writes `workdir/metrics.json` (latest) and appends to `metrics_history.jsonl`."""
+    record = {"step": int(step), "split": split}
+    record.update({k: v for k, v in metrics.items()})
+    tmp = os.path.join(workdir, "metrics.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, default=float)
+    os.replace(tmp, os.path.join(workdir, "metrics.json"))
+    with open(os.path.join(workdir, "metrics_history.jsonl"), "a") as f:
+        f.write(json.dumps(record, default=float) + "\n")
+    return record
+
+
+def write_eval_summaries(writer, step, metrics, images=None):
+    """Scalar metrics (and drawn prediction images, uint8 [N, H, W, 3]) to TensorBoard."""
+    with writer.as_default(step=int(step)):
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                tf.summary.scalar(f"eval/{name}", value)
+            elif isinstance(value, dict):
+                for sub, v in value.items():
+                    if isinstance(v, (int, float)) and v >= 0:
+                        tf.summary.scalar(f"eval_{name}/{sub}", v)
+        if images is not None and len(images):
+            tf.summary.image("eval/predictions", np.stack(images), max_outputs=len(images))
+    writer.flush()

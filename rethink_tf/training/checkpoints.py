@@ -1,0 +1,85 @@
+"""Checkpoints of a workdir: the last k every N steps, and the best by the eval metric.
+
+  workdir/checkpoints/ckpt-<step>.*        model + optimizer (+ any extra state), last k kept
+  workdir/checkpoints/best/ckpt-<step>.*   the best evaluation so far
+  workdir/checkpoints/best/best.json       {"metric", "value", "step"}
+
+Running the same command again restores the latest checkpoint (weights, optimizer state and
+step) and training continues from there.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+
+class CheckpointManager:
+    """Saves and restores model + optimizer state of one workdir.
+
+    Args:
+      workdir: the run's directory.
+      keep: how many of the latest checkpoints to keep.
+      **trackables: objects to checkpoint (`model=...`, `optimizer=...`).
+    """
+
+    def __init__(self, workdir, keep=3, **trackables):
+        self.directory = os.path.join(workdir, "checkpoints")
+        self.best_directory = os.path.join(self.directory, "best")
+        self.checkpoint = tf.train.Checkpoint(**trackables)
+        self._latest = tf.train.CheckpointManager(self.checkpoint, self.directory,
+                                                  max_to_keep=keep, checkpoint_name="ckpt")
+        self._best = tf.train.CheckpointManager(self.checkpoint, self.best_directory,
+                                                max_to_keep=1, checkpoint_name="ckpt")
+
+    @property
+    def latest_checkpoint(self):
+        return self._latest.latest_checkpoint
+
+    @property
+    def best_checkpoint(self):
+        return self._best.latest_checkpoint
+
+    def restore_latest(self):
+        """Restores the latest checkpoint if there is one; returns its path or None."""
+        path = self._latest.latest_checkpoint
+        if path:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        return path
+
+    def restore(self, path):
+        """Restores a given checkpoint (e.g. the best) for evaluation or export."""
+        status = self.checkpoint.restore(path)
+        status.expect_partial()
+        return path
+
+    def save(self, step):
+        """Saves a checkpoint numbered `step`; keeps the last k."""
+        return self._latest.save(checkpoint_number=int(step))
+
+    def best(self):
+        """The best evaluation so far: {"metric", "value", "step"} or None."""
+        path = os.path.join(self.best_directory, "best.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def maybe_save_best(self, step, metric, value, higher_is_better=True):
+        """Saves a best checkpoint if `value` beats the best so far; returns True if it did."""
+        best = self.best()
+        if best is not None and best["metric"] == metric:
+            better = value > best["value"] if higher_is_better else value < best["value"]
+            if not better:
+                return False
+        self._best.save(checkpoint_number=int(step))
+        tmp = os.path.join(self.best_directory, "best.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump({"metric": metric, "value": float(value), "step": int(step)}, f)
+        os.replace(tmp, os.path.join(self.best_directory, "best.json"))
+        return True
+
+
+def step_of(path):
+    """The step number of a checkpoint path `.../ckpt-<step>`."""
+    return int(os.path.basename(path).rsplit("-", 1)[1])

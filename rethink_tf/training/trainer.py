@@ -1,0 +1,194 @@
+"""Supervised training of a detector, segmenter or classifier: `train(config, workdir)`.
+
+The workdir holds config.json, checkpoints/ (last k + best), tb/ (TensorBoard) and
+metrics.json. Running the same command again resumes from the latest checkpoint at its step,
+with the optimiser state; a finished run only re-evaluates if its metrics are missing.
+"""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from rethink_tf.data import pipelines
+from rethink_tf.data import show
+from rethink_tf.evaluation import evaluator
+from rethink_tf.training import callbacks as callbacks_lib
+from rethink_tf.training import checkpoints
+from rethink_tf.training import config as config_lib
+from rethink_tf.training import optimizer as optimizer_lib
+from rethink_tf.training import strategy as strategy_lib
+from rethink_tf.training import tasks
+
+
+class Run:
+    """Everything a run holds: strategy, model, optimiser, checkpoints and data info."""
+
+    def __init__(self, config, workdir, build_model_fn=None):
+        self.config = config
+        self.workdir = workdir
+        self.strategy = strategy_lib.make_strategy(config.strategy, config.get("tpu", ""))
+        self.info = tasks.dataset_info(config)
+        self.num_classes = tasks.num_classes(config, self.info)
+        self.class_names = tasks.class_names(config, self.info)
+        with self.strategy.scope():
+            build = build_model_fn or tasks.build_model
+            self.model = build(config, self.num_classes)
+            self.optimizer = optimizer_lib.build_optimizer(config.train)
+            tasks.compile_model(self.model, config, self.optimizer)
+            self.optimizer.build(self.model.trainable_variables)
+        self.checkpoints = checkpoints.CheckpointManager(
+            workdir, keep=config.train.keep_checkpoints, model=self.model,
+            optimizer=self.optimizer)
+        self.chief = strategy_lib.is_chief()
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+
+def _setup(config):
+    keras.utils.set_random_seed(int(config.seed))
+    policy = "mixed_float16" if config.train.mixed_precision else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_fn=None):
+    """Trains as `config` says, in `workdir`; resumes if it holds a checkpoint.
+
+    Args:
+      config: an experiment config (see `rethink_tf.training.config.base_config`).
+      workdir: the run's directory.
+      extra_callbacks: more Keras callbacks (tests use one to interrupt a run).
+      build_model_fn: `fn(config, num_classes) -> model` replacing `tasks.build_model`
+        (the student uses it to wrap the model in its train_step).
+      train_data_fn: `fn(config, info, per_replica_batch, input_context) -> dataset` replacing
+        `tasks.train_dataset` (the student mixes human and pseudo-labelled streams).
+
+    Returns:
+      The final metrics dict (as written to `workdir/metrics.json`).
+    """
+    config_lib.validate(config)
+    _setup(config)
+    os.makedirs(workdir, exist_ok=True)
+    run = Run(config, workdir, build_model_fn)
+    if run.chief:
+        config_lib.save(config, workdir)
+    restored = run.checkpoints.restore_latest()
+    if restored:
+        logging.info("resumed from %s at step %d", restored, run.step)
+        print(f"Resuming from {restored} at step {run.step}", flush=True)
+    else:
+        loaded = tasks.initialize(run.model, config)
+        if loaded:
+            print(f"Backbone initialised from {loaded}", flush=True)
+
+    total = int(config.train.steps)
+    tb_train = tf.summary.create_file_writer(os.path.join(workdir, "tb", "train"))
+    tb_eval = tf.summary.create_file_writer(os.path.join(workdir, "tb", "eval"))
+    eval_data = tasks.eval_dataset(config)
+
+    def evaluate_fn(step):
+        return _evaluate_and_record(run, eval_data, tb_eval, step)
+
+    if run.step < total:
+        data_fn = train_data_fn or tasks.train_dataset
+        dataset = pipelines.distribute(
+            run.strategy, lambda bs, ctx: data_fn(config, run.info, bs, ctx),
+            int(config.train.batch_size))
+        every = int(config.train.checkpoint_every)
+        summaries = callbacks_lib.TrainSummaries(
+            tb_train, config.train.log_every, config.train.batch_size, total,
+            print_lines=config.train.verbose == 2)
+        cbs = [summaries, callbacks_lib.StopAtStep(total),
+               callbacks_lib.PeriodicEvaluation(evaluate_fn, config.train.eval_every, total),
+               *extra_callbacks]
+        if run.chief:
+            cbs.insert(1, callbacks_lib.PeriodicCheckpoint(run.checkpoints))
+        run.model.fit(dataset, steps_per_epoch=every, epochs=-(-total // every),
+                      initial_epoch=run.step // every, callbacks=cbs,
+                      verbose=1 if config.train.verbose == 1 else 0)
+        if run.chief and (run.checkpoints.latest_checkpoint is None
+                          or checkpoints.step_of(run.checkpoints.latest_checkpoint) != run.step):
+            run.checkpoints.save(run.step)
+    metrics_path = os.path.join(workdir, "metrics.json")
+    if not os.path.exists(metrics_path) or _recorded_step(metrics_path) != run.step:
+        evaluate_fn(run.step)
+    return _read_json(metrics_path)
+
+
+def _recorded_step(path):
+    return _read_json(path).get("step")
+
+
+def _read_json(path):
+    import json  # pylint: disable=g-import-not-at-top
+    with open(path) as f:
+        return json.load(f)
+
+
+def _evaluate_and_record(run, eval_data, writer, step):
+    config = run.config
+    metrics, kept = evaluator.evaluate(
+        run.model, eval_data, config.task, run.num_classes, class_names=run.class_names,
+        num_images=config.eval.num_images, keep_examples=config.eval.tb_images)
+    primary = evaluator.PRIMARY_METRIC[config.task]
+    if run.chief:
+        images = [np.asarray(draw_prediction(config.task, k, run.class_names)) for k in kept]
+        callbacks_lib.write_eval_summaries(writer, step, metrics, images)
+        record = callbacks_lib.write_metrics(run.workdir, step, metrics, config.dataset.eval_split)
+        run.checkpoints.maybe_save_best(step, primary, metrics[primary])
+    else:
+        record = metrics
+    shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+    print(f"eval @ step {step}: {shown}", flush=True)
+    return record
+
+
+def draw_prediction(task, kept, class_names):
+    """Renders one kept eval example with its predictions (for TensorBoard)."""
+    image, pred = kept["image"], kept["prediction"]
+    if task == "detection":
+        n = int(pred["num_detections"])
+        cls = np.where(pred["confidence"][:n] >= 0.3, pred["classes"][:n], -1)
+        return show.draw_example(image, pred["boxes"][:n], cls, None, class_names)
+    if task == "segmentation":
+        return show.draw_example(image, mask=np.argmax(pred, -1).astype(np.int64))
+    return show.draw_example(image)
+
+
+def evaluate_workdir(workdir, split=None, checkpoint="best", num_images=None):
+    """Evaluates a trained workdir (best or latest checkpoint) on `split`.
+
+    Writes `metrics.json` (for the eval split) or `metrics_<split>.json`, and TensorBoard
+    summaries under `tb/eval_<split>`.
+
+    Returns:
+      The metrics dict.
+    """
+    config = config_lib.load(workdir)
+    split = split or config.dataset.eval_split
+    _setup(config)
+    run = Run(config, workdir)
+    path = run.checkpoints.best_checkpoint if checkpoint == "best" else None
+    path = path or run.checkpoints.latest_checkpoint
+    if path is None:
+        raise FileNotFoundError(f"{workdir!r} has no checkpoint to evaluate")
+    run.checkpoints.restore(path)
+    step = checkpoints.step_of(path)
+    data = tasks.eval_dataset(config, split=split)
+    metrics, _ = evaluator.evaluate(
+        run.model, data, config.task, run.num_classes, class_names=run.class_names,
+        num_images=config.eval.num_images if num_images is None else num_images)
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tb", f"eval_{split}"))
+    callbacks_lib.write_eval_summaries(writer, step, metrics)
+    record = {"step": step, "split": split, "checkpoint": path, **metrics}
+    name = "metrics.json" if split == config.dataset.eval_split else f"metrics_{split}.json"
+    import json  # pylint: disable=g-import-not-at-top
+    tmp = os.path.join(workdir, name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, default=float)
+    os.replace(tmp, os.path.join(workdir, name))
+    return record
