@@ -30,6 +30,7 @@ from keras import ops
 from keras_cv.src.models.object_detection.retinanet.retinanet import BOX_VARIANCE
 
 from rethink_tf.models import backbones as backbones_lib
+from rethink_tf.models import losses as losses_lib
 
 BOUNDING_BOX_FORMAT = "xyxy"
 
@@ -170,6 +171,28 @@ class Detector(keras_cv.models.RetinaNet):
     def train_step(self, *args):
         return super().train_step(*args[:-1], _as_pair(args[-1]))
 
+    def compute_loss(self, x, y, y_pred, sample_weight=None, **kwargs):
+        """Keras-CV's RetinaNet loss, normalised by the GLOBAL number of positive anchors.
+
+        Keras-CV divides by each replica's own positive count, so under tf.distribute a step
+        differs from the single-device step on the same global batch; here the count is
+        summed over replicas (`losses.cross_replica_normalizer`), which makes them equal.
+        With no positive anchor anywhere, both terms are 0 as in Keras-CV.
+        """
+        del sample_weight, kwargs
+        y = keras_cv.bounding_box.convert_format(
+            y, source=self.bounding_box_format, target=self.label_encoder.bounding_box_format,
+            images=x)
+        boxes, classes = self.label_encoder(x, y)
+        cls_labels = ops.one_hot(ops.cast(classes, "int32"), self.num_classes, dtype="float32")
+        positive = ops.cast(ops.greater(classes, -1.0), "float32")
+        not_ignored = ops.cast(ops.not_equal(classes, -2.0), "float32")
+        scale = ops.divide_no_nan(1.0, losses_lib.cross_replica_normalizer(ops.sum(positive)))
+        # The grandparent (keras.Model) applies the compiled per-output losses and weights.
+        return super(keras_cv.models.RetinaNet, self).compute_loss(
+            x=x, y={"box": boxes, "classification": cls_labels}, y_pred=y_pred,
+            sample_weight={"box": positive * scale, "classification": not_ignored * scale})
+
     def test_step(self, *args):
         return super().test_step(*args[:-1], _as_pair(args[-1]))
 
@@ -259,8 +282,8 @@ def build_detector(backbone_name, num_classes, image_size, *, backbone_kwargs=No
         name: model name.
 
     Returns:
-        A `Detector` (a `keras_cv.models.RetinaNet`); `model.backbone` is the backbone (its variables are the
-        model's), `model.anchor_generator` the anchors.
+        A `Detector` (a `keras_cv.models.RetinaNet`); `model.backbone` is the backbone (its
+        variables are the model's), `model.anchor_generator` the anchors.
     """
     height, width = _image_hw(image_size)
     if max_level not in (5, 6, 7):
@@ -334,9 +357,10 @@ def _classification_loss_fn(model):
 def detector_loss_terms(model, images, y_true, y_pred):
     """Box and classification losses of a (sub-)batch from already computed predictions.
 
-    Mirrors `keras_cv.models.RetinaNet.compute_loss`: focal loss over non-ignored anchors and
+    Mirrors `Detector.compute_loss`: focal loss over non-ignored anchors and
     box loss over positive anchors, both summed and divided by the number of positive anchors
-    in the (sub-)batch; both terms are 0 (finite) when it has no positive anchor, e.g. when no
+    in the (sub-)batch (summed over replicas under tf.distribute); both terms are 0 (finite)
+    when it has no positive anchor, e.g. when no
     image has a box. Uses the losses passed to `model.compile` (per-anchor, via their `call`)
     or Keras-CV's focal and smooth-L1 losses if the model is not compiled.
 
@@ -369,8 +393,10 @@ def detector_loss_terms(model, images, y_true, y_pred):
     positives_per_image = ops.sum(positive, axis=1)
     num_positives = ops.sum(positives_per_image)
     # Keras-CV zeroes the whole loss when no anchor is positive; divide_no_nan does the same.
-    box_loss = ops.divide_no_nan(ops.sum(box_per_image), num_positives)
-    cls_loss = ops.divide_no_nan(ops.sum(cls_per_image), num_positives)
+    # Global normaliser under tf.distribute, so sub-batch losses match a single device.
+    normalizer = losses_lib.cross_replica_normalizer(num_positives)
+    box_loss = ops.divide_no_nan(ops.sum(box_per_image), normalizer)
+    cls_loss = ops.divide_no_nan(ops.sum(cls_per_image), normalizer)
     return {
         "loss": box_loss + cls_loss,
         "box_loss": box_loss,

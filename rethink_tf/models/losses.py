@@ -11,6 +11,28 @@ from keras import ops
 from rethink_tf.data.example import IGNORE_LABEL
 
 
+def cross_replica_normalizer(local_count):
+    """The loss normaliser that makes a distributed step equal a single-device step.
+
+    Our losses are sums divided by a count that varies per replica (positive anchors, labelled
+    pixels). Keras 3 does not rescale such already-reduced losses per replica, and the
+    gradients of the replicas are summed; so each replica must divide its sum S_r by the count
+    N summed over ALL replicas: sum_r S_r / N is then exactly the single-device loss (and its
+    gradient). Outside a replica context, or with one replica, this is `local_count`.
+
+    Args:
+        local_count: this replica's count (float scalar).
+
+    Returns:
+        The count summed over replicas.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return local_count
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
+
+
 def _prepare(y_true, logits):
     """Labels [B, H, W] int32 (trailing channel of 1 dropped) and float32 logits."""
     y_true = ops.convert_to_tensor(y_true)
@@ -49,6 +71,9 @@ def masked_sparse_categorical_crossentropy_per_example(y_true, logits,
 def masked_sparse_categorical_crossentropy(y_true, logits, ignore_label=IGNORE_LABEL):
     """Mean pixel cross-entropy over the non-ignored pixels of the batch.
 
+    Under tf.distribute the mean is over the global batch's pixels (see
+    `cross_replica_normalizer`).
+
     Args:
         y_true: int labels [B, H, W, 1] or [B, H, W]; `ignore_label` marks ignored pixels.
         logits: [B, H, W, C] unnormalised scores.
@@ -59,7 +84,7 @@ def masked_sparse_categorical_crossentropy(y_true, logits, ignore_label=IGNORE_L
     """
     loss_sum, count = masked_sparse_categorical_crossentropy_per_example(y_true, logits,
                                                                          ignore_label)
-    return ops.divide_no_nan(ops.sum(loss_sum), ops.sum(count))
+    return ops.divide_no_nan(ops.sum(loss_sum), cross_replica_normalizer(ops.sum(count)))
 
 
 @keras.saving.register_keras_serializable(package="rethink_tf")

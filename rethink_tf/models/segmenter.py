@@ -15,7 +15,7 @@ import keras_cv
 from rethink_tf.models import backbones as backbones_lib
 from rethink_tf.models.losses import IGNORE_LABEL
 from rethink_tf.models.losses import MaskedSparseCategoricalCrossentropy  # noqa: F401 (API)
-from rethink_tf.models.losses import masked_sparse_categorical_crossentropy  # noqa: F401
+from rethink_tf.models.losses import masked_sparse_categorical_crossentropy
 
 
 def _segmentation_head(num_classes, filters):

@@ -46,8 +46,10 @@ def build_model(config, n_classes):
             fpn_filters=m.fpn_filters, head_filters=m.head_filters, head_depth=m.head_depth,
             score_threshold=m.eval_score_threshold, max_detections=m.max_detections)
     elif config.task == "segmentation":
-        model = segmenter.build_segmenter(m.backbone, n_classes, size,
-                                          backbone_kwargs=backbone_kwargs)
+        model = segmenter.build_segmenter(
+            m.backbone, n_classes, size, backbone_kwargs=backbone_kwargs,
+            aspp_filters=m.aspp_filters, projection_filters=m.projection_filters,
+            head_filters=m.head_filters)
     else:
         model = classifier.build_classifier(m.backbone, n_classes, size,
                                             backbone_kwargs=backbone_kwargs,

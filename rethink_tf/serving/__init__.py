@@ -1,0 +1,1 @@
+"""Serving: SavedModel export for TF Serving (`export`) and REST/gRPC clients (`client`)."""

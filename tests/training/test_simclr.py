@@ -1,0 +1,207 @@
+"""SimCLR: NT-Xent against NumPy, the two views, the train_step, distribution, the probe."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rethink_tf.data import simclr_augment
+from rethink_tf.data import sources
+from rethink_tf.training import config as config_lib
+from rethink_tf.training import optimizer as optimizer_lib
+from rethink_tf.training import pretraining
+from rethink_tf.training import simclr
+from rethink_tf.training import tasks
+from test_trainer import tiny_config  # tests/training is on sys.path (rootdir-less tests)
+
+CONFIG_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs",
+                           "pretrain_simclr.py")
+
+
+def _numpy_nt_xent(z1, z2, temperature):
+    """The paper's definition, written out: mean over the 2N anchors."""
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    sim = z @ z.T / temperature
+    n = len(z1)
+    losses = []
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        others = np.delete(sim[i], i)
+        losses.append(-sim[i, positive] + np.log(np.sum(np.exp(others))))
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 1.0])
+def test_nt_xent_matches_numpy_reference(temperature):
+    rng = np.random.default_rng(0)
+    z1, z2 = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    got = float(simclr.nt_xent_loss(z1.astype(np.float32), z2.astype(np.float32), temperature))
+    np.testing.assert_allclose(got, _numpy_nt_xent(z1, z2, temperature), rtol=1e-5)
+
+
+def test_nt_xent_of_replica_shards_with_gathered_negatives_equals_the_full_batch():
+    rng = np.random.default_rng(1)
+    z1, z2 = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(
+        np.float32)
+    full = float(simclr.nt_xent_loss(z1, z2, 0.2))
+    shards = [float(simclr.nt_xent_loss(z1[i:i + 3], z2[i:i + 3], 0.2, z1_all=z1, z2_all=z2,
+                                        offset=i)) for i in (0, 3)]
+    np.testing.assert_allclose(np.mean(shards), full, rtol=1e-5)
+    # Per-replica negatives only would be a different (easier) loss.
+    local = np.mean([float(simclr.nt_xent_loss(z1[i:i + 3], z2[i:i + 3], 0.2)) for i in (0, 3)])
+    assert abs(local - full) > 1e-3
+
+
+def test_nt_xent_prefers_aligned_views():
+    rng = np.random.default_rng(2)
+    z1 = rng.normal(size=(8, 16)).astype(np.float32)
+    aligned = float(simclr.nt_xent_loss(z1, z1 + 0.01, 0.1))
+    shuffled = float(simclr.nt_xent_loss(z1, np.roll(z1, 1, axis=0), 0.1))
+    assert aligned < 0.1 < shuffled
+
+
+@pytest.fixture(scope="module")
+def tiny_images(digit_scenes_data_dir):
+    examples = sources.load("digit_scenes/classification_tiny", "train",
+                            data_dir=digit_scenes_data_dir)
+    return np.stack([e["image"].numpy() for e in examples.take(4)])
+
+
+def test_two_views_of_one_image_differ_eagerly_and_in_tf_data(tiny_images):
+    tf.random.set_seed(0)
+    image = tiny_images[0]
+    v1, v2 = simclr_augment.two_views(image, (32, 32))
+    for v in (v1, v2):
+        assert v.shape == (32, 32, 3) and v.dtype == tf.float32
+        assert 0.0 <= float(tf.reduce_min(v)) and float(tf.reduce_max(v)) <= 255.0
+    assert float(tf.reduce_mean(tf.abs(v1 - v2))) > 1.0
+    ds = tf.data.Dataset.from_tensor_slices({"image": tiny_images}).map(
+        simclr_augment.make_views_fn((32, 32)))
+    for a, b in ds:
+        assert a.shape == b.shape == (32, 32, 3)
+        assert float(tf.reduce_mean(tf.abs(a - b))) > 1.0
+
+
+def test_gaussian_blur_keeps_constants_and_smooths_edges():
+    flat = tf.fill([9, 9, 3], 0.7)
+    np.testing.assert_allclose(simclr_augment.gaussian_blur(flat, 1.5, 5).numpy(), 0.7,
+                               atol=1e-6)
+    step = tf.concat([tf.zeros([9, 4, 3]), tf.ones([9, 5, 3])], axis=1)
+    blurred = simclr_augment.gaussian_blur(step, 1.0, 5).numpy()
+    assert 0.0 < blurred[4, 3, 0] < 0.5 < blurred[4, 4, 0] < 1.0
+
+
+def _simclr_config(data_dir, steps=2):
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    base = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
+        "cfg", CONFIG_FILE).get_config()
+    config = tiny_config("classification", data_dir, steps=steps)
+    config.simclr = base.simclr
+    config.simclr.hidden_dim = 16
+    config.simclr.projection_dim = 8
+    config.simclr.probe_epochs = 5
+    config.train.weight_decay = 1e-5
+    config.train.batch_size = 8
+    return config
+
+
+def test_loss_falls_on_a_tiny_set(digit_scenes_data_dir):
+    config = _simclr_config(digit_scenes_data_dir)
+    config.train.steps = 25
+    config.train.learning_rate = 0.1
+    config.train.warmup_steps = 0
+    config.train.schedule = "constant"
+    keras.utils.set_random_seed(0)
+    # One fixed batch of 16 images x 2 views: the loss must fall when fitting it.
+    batch = next(iter(pretraining.simclr_dataset(config, 16)))
+    model = pretraining.build_simclr_model(config)
+    model.compile(optimizer=optimizer_lib.build_optimizer(config.train))
+    history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=1,
+                        epochs=25, verbose=0)
+    losses = history.history["contrastive_loss"]
+    assert set(history.history) == {"loss", "contrastive_loss", "contrastive_accuracy"}
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    assert history.history["contrastive_accuracy"][-1] > history.history[
+        "contrastive_accuracy"][0]
+
+
+def test_distributed_step_gathers_negatives_and_matches_single_device(digit_scenes_data_dir):
+    """One step on 2 replicas (negatives gathered, sync BN) equals one step on one device.
+
+    Gradient clipping is off: Keras 3 clips each replica's partial gradient before the
+    all-reduce (`BaseOptimizer.apply` clips, then the TF backend sums), so with clipping active
+    the two differ whatever the loss does.
+    """
+    cpus = tf.config.list_logical_devices("CPU")
+    assert len(cpus) >= 2, "conftest configures 2 logical CPU devices"
+    config = _simclr_config(digit_scenes_data_dir)
+    config.train.weight_decay = 0.0
+    config.train.warmup_steps = 0
+    config.train.learning_rate = 0.05
+    config.train.clipnorm = 0.0
+    batch = next(iter(pretraining.simclr_dataset(config, 8)))
+    results, initial = [], None
+    for strategy in (tf.distribute.get_strategy(),
+                     tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])):
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = pretraining.build_simclr_model(config)
+            model.compile(optimizer=optimizer_lib.build_optimizer(config.train))
+        if initial is None:
+            initial = model.get_weights()
+        else:
+            model.set_weights(initial)
+        history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
+        results.append((history.history["contrastive_loss"][0], model.get_weights()))
+    (loss_a, weights_a), (loss_b, weights_b) = results
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
+    for a, b in zip(weights_a, weights_b):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_simclr_pretrain_writes_backbone_probe_and_summaries(tmp_path, digit_scenes_data_dir):
+    config = _simclr_config(digit_scenes_data_dir, steps=2)
+    workdir = str(tmp_path / "simclr")
+    metrics = pretraining.run(config, workdir)
+    assert metrics["step"] == 2 and metrics["protocol"] == "linear_probe"
+    assert 0.0 <= metrics["top1"] <= 1.0 and metrics["num_train"] == 32
+    assert os.path.exists(metrics["backbone_weights"])
+    tags = set()
+    for path in glob.glob(os.path.join(workdir, "tb", "*", "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags |= {v.tag for v in event.summary.value}
+    assert {"loss/contrastive_loss", "loss/total", "learning_rate", "eval/top1"} <= tags
+    # Its backbone loads into a detector exactly like a supervised one.
+    det = tiny_config("detection", digit_scenes_data_dir)
+    det.init = f"pretrained:{workdir}"
+    config_lib.validate(det)
+    model = tasks.build_model(det, 10)
+    tasks.initialize(model, det)
+    from rethink_tf.models import backbones  # pylint: disable=g-import-not-at-top
+    ref = backbones.build_backbone("resnet_tiny", input_shape=(32, 32, 3))
+    backbones.load_backbone_weights(ref, metrics["backbone_weights"])
+    for got, want in zip(model.backbone.weights, ref.weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    # A finished run re-run does no work and returns the recorded metrics.
+    again = pretraining.run(config, workdir)
+    assert again["top1"] == metrics["top1"] and again["step"] == 2
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("temperature", 0.0, "config.simclr.temperature: must be > 0"),
+    ("crop_min_area", 0.0, r"config.simclr.crop_min_area: 0.0 is not in \(0, 1\]"),
+    ("blur_prob", 1.5, r"config.simclr.blur_prob: 1.5 is not in \[0, 1\]"),
+    ("unlabeled", "no_such_dataset", "config.simclr.unlabeled: cannot open 'no_such_dataset'"),
+])
+def test_bad_simclr_config_fails_before_any_work(field, value, message, tmp_path,
+                                                 digit_scenes_data_dir):
+    config = _simclr_config(digit_scenes_data_dir)
+    config.simclr[field] = value
+    with pytest.raises(ValueError, match=message):
+        pretraining.simclr_pretrain(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
