@@ -254,7 +254,7 @@ def build_detector(backbone_name, num_classes, image_size, *, backbone_kwargs=No
                    anchor_aspect_ratios=DEFAULT_ASPECT_RATIOS, fpn_filters=256,
                    head_filters=256, head_depth=3, positive_threshold=0.5,
                    negative_threshold=0.4, score_threshold=0.05, max_detections=100,
-                   nms_iou_threshold=0.5, name="retinanet"):
+                   nms_iou_threshold=0.5, name="retinanet", model_class=None):
     """Builds a Keras-CV `RetinaNet` (FPN, focal + smooth-L1/Huber losses) in xyxy.
 
     Compile it with `model.compile(optimizer, box_loss="smoothl1"|"huber",
@@ -280,6 +280,8 @@ def build_detector(backbone_name, num_classes, image_size, *, backbone_kwargs=No
         max_detections: prediction decoder boxes per image.
         nms_iou_threshold: NMS IoU threshold.
         name: model name.
+        model_class: a subclass of `Detector` to instantiate (e.g. the self-training student's,
+            which adds its train_step); default `Detector`.
 
     Returns:
         A `Detector` (a `keras_cv.models.RetinaNet`); `model.backbone` is the backbone (its
@@ -310,7 +312,7 @@ def build_detector(backbone_name, num_classes, image_size, *, backbone_kwargs=No
     prior = keras.initializers.Constant(-np.log((1 - 0.01) / 0.01))
     backbone = backbones_lib.build_backbone(backbone_name, input_shape=(height, width, 3),
                                             **(backbone_kwargs or {}))
-    model = Detector(
+    model = (model_class or Detector)(
         backbone=backbone, num_classes=num_classes, bounding_box_format=BOUNDING_BOX_FORMAT,
         label_encoder=label_encoder,
         prediction_decoder=make_prediction_decoder(score_threshold, max_detections,

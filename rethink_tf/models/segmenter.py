@@ -33,7 +33,8 @@ def _segmentation_head(num_classes, filters):
 
 def build_segmenter(backbone_name, num_classes, image_size=None, *, backbone_kwargs=None,
                     aspp_filters=256, aspp_dilation_rates=(6, 12, 18), aspp_dropout=0.0,
-                    projection_filters=48, head_filters=256, name="deeplab_v3_plus"):
+                    projection_filters=48, head_filters=256, name="deeplab_v3_plus",
+                    model_class=None):
     """Builds a Keras-CV `DeepLabV3Plus` emitting logits at the input resolution.
 
     The backbone's P2 (stride 4) feeds the decoder and P5 (stride 32) the ASPP, so image sides
@@ -50,6 +51,8 @@ def build_segmenter(backbone_name, num_classes, image_size=None, *, backbone_kwa
         projection_filters: channels of the projected low-level (P2) features.
         head_filters: channels of the decoder convolution.
         name: model name.
+        model_class: a subclass of `keras_cv.models.DeepLabV3Plus` to instantiate (e.g. the
+            self-training student's); default `keras_cv.models.DeepLabV3Plus`.
 
     Returns:
         A `keras_cv.models.DeepLabV3Plus`; `model.backbone` is its backbone sub-model.
@@ -67,7 +70,7 @@ def build_segmenter(backbone_name, num_classes, image_size=None, *, backbone_kwa
     aspp = keras_cv.layers.SpatialPyramidPooling(
         dilation_rates=list(aspp_dilation_rates), num_channels=aspp_filters,
         dropout=aspp_dropout)
-    return keras_cv.models.DeepLabV3Plus(
+    return (model_class or keras_cv.models.DeepLabV3Plus)(
         backbone=backbone, num_classes=num_classes, projection_filters=projection_filters,
         spatial_pyramid_pooling=aspp,
         segmentation_head=_segmentation_head(num_classes, head_filters), name=name)

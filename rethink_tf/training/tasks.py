@@ -3,6 +3,7 @@
 import os
 
 import keras
+import keras_cv
 
 from rethink_tf.data import pipelines
 from rethink_tf.data import sources
@@ -34,8 +35,16 @@ def class_names(config, info=None):
     return list(info.class_names.get(config.task, ()))
 
 
-def build_model(config, n_classes):
-    """Builds the task's model from the config (random weights; see `initialize`)."""
+def build_model(config, n_classes, model_class_fn=None):
+    """Builds the task's model from the config (random weights; see `initialize`).
+
+    Args:
+      config: the experiment config.
+      n_classes: classes of the task.
+      model_class_fn: optional `fn(default_class) -> class` to instantiate instead (the
+        self-training student adds its train_step this way).
+    """
+    wrap = model_class_fn or (lambda cls: cls)
     m = config.model
     backbone_kwargs = {"drop_path_rate": m.drop_path_rate} if m.drop_path_rate else {}
     size = config.dataset.image_size
@@ -44,12 +53,13 @@ def build_model(config, n_classes):
             m.backbone, n_classes, size, backbone_kwargs=backbone_kwargs,
             max_level=m.max_level, anchor_sizes=tuple(m.anchor_sizes),
             fpn_filters=m.fpn_filters, head_filters=m.head_filters, head_depth=m.head_depth,
-            score_threshold=m.eval_score_threshold, max_detections=m.max_detections)
+            score_threshold=m.eval_score_threshold, max_detections=m.max_detections,
+            model_class=wrap(detector.Detector))
     elif config.task == "segmentation":
         model = segmenter.build_segmenter(
             m.backbone, n_classes, size, backbone_kwargs=backbone_kwargs,
             aspp_filters=m.aspp_filters, projection_filters=m.projection_filters,
-            head_filters=m.head_filters)
+            head_filters=m.head_filters, model_class=wrap(keras_cv.models.DeepLabV3Plus))
     else:
         model = classifier.build_classifier(m.backbone, n_classes, size,
                                             backbone_kwargs=backbone_kwargs,

@@ -1,0 +1,205 @@
+"""The noisy student: one forward pass over human and pseudo-labelled images, two losses,
+loss normalisation, and its training entry point `train_student(config, workdir)`.
+
+A student batch is a pair `((human_images, human_targets), (pseudo_images, pseudo_targets))`
+of fixed sizes (`pipelines.mix_streams`). The two image sets go through the model together
+(batch norm sees both, as in the paper); the human loss L_h and the pseudo loss L_p are
+computed on their slices of the predictions, and
+
+  total = L_h + alpha * (avg(L_h) / avg(L_p)) * L_p
+
+with moving averages of the stopped-gradient losses (`loss_norm.py`). Every term, both
+averages and the effective pseudo weight are metrics, hence in the progress bar and TensorBoard.
+The student is noised by the strong augmentation on both streams (config.augment, s4 by
+default in the student configs) and stochastic depth (`model.drop_path_rate`).
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from rethink_tf.data import pipelines
+from rethink_tf.data import sources
+from rethink_tf.models import detector as detector_lib
+from rethink_tf.models import losses as losses_lib
+from rethink_tf.training import loss_norm
+from rethink_tf.training import tasks
+from rethink_tf.training import trainer
+
+
+def _cross_replica_sum(value):
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+class StudentMixin:
+    """Adds the student train_step to a task model class (detector or segmenter).
+
+    Use `student_class(ModelClass)` to build the combined class; call `configure_student`
+    once after construction.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Replicas hold identical values (they are assigned all-reduced losses).
+        self.avg_human_loss = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                              name="avg_human_loss", aggregation="mean")
+        self.avg_pseudo_loss = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                               name="avg_pseudo_loss", aggregation="mean")
+        self.normalizer_updates = self.add_weight(shape=(), initializer="zeros",
+                                                  trainable=False, name="normalizer_updates",
+                                                  aggregation="mean")
+        self.student_task = "detection"
+        self.alpha, self.loss_norm, self.decay = 1.0, True, 0.99
+        self._trackers = {}
+
+    def configure_student(self, task, alpha=1.0, loss_norm_on=True, decay=0.99):
+        """Sets the task and the loss-normalisation hyper-parameters."""
+        self.student_task = task
+        self.alpha, self.loss_norm, self.decay = float(alpha), bool(loss_norm_on), float(decay)
+        names = ["loss", "human_loss", "pseudo_loss", "avg_human_loss", "avg_pseudo_loss",
+                 "pseudo_weight"]
+        if task == "detection":
+            names += ["human_box_loss", "human_classification_loss", "pseudo_box_loss",
+                      "pseudo_classification_loss", "pseudo_positives"]
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+
+    @property
+    def metrics(self):
+        if getattr(self, "_trackers", None):
+            return list(self._trackers.values())
+        return super().metrics
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds losses/metrics from the first batch; a student batch is a pair, and
+        # the human half has the supervised (x, y) structure Keras expects.
+        if data_batch is None and iterator is not None:
+            for _, _, data_or_iterator in iterator:
+                data_batch = (data_or_iterator[0] if isinstance(data_or_iterator, (list, tuple))
+                              else next(data_or_iterator))
+                break
+        if is_student_batch(data_batch):
+            data_batch = data_batch[0]
+        return super()._symbolic_build(data_batch=data_batch)
+
+    def student_losses(self, images, targets, y_pred, human_size):
+        """(L_h, L_p, extra terms) from one forward pass over [human; pseudo] images."""
+        (h_images, p_images), (h_targets, p_targets) = images, targets
+        if self.student_task == "detection":
+            human = detector_lib.detector_loss_terms(
+                self, h_images, h_targets, detector_lib.slice_predictions(y_pred, 0, human_size))
+            pseudo = detector_lib.detector_loss_terms(
+                self, p_images, p_targets,
+                detector_lib.slice_predictions(y_pred, human_size, None))
+            extra = {"human_box_loss": human["box_loss"],
+                     "human_classification_loss": human["classification_loss"],
+                     "pseudo_box_loss": pseudo["box_loss"],
+                     "pseudo_classification_loss": pseudo["classification_loss"],
+                     "pseudo_positives": pseudo["num_positives"]}
+            return human["loss"], pseudo["loss"], extra
+        return (_segmentation_loss(h_targets, y_pred[:human_size]),
+                _segmentation_loss(p_targets, y_pred[human_size:]), {})
+
+    def train_step(self, data):
+        if not is_student_batch(data):
+            return super().train_step(data)
+        (h_images, h_targets), (p_images, p_targets) = data
+        human_size = ops.shape(h_images)[0]
+        images = ops.concatenate([h_images, p_images], axis=0)
+        with tf.GradientTape() as tape:
+            y_pred = self(images, training=True)
+            human_loss, pseudo_loss, extra = self.student_losses(
+                (h_images, p_images), (h_targets, p_targets), y_pred, human_size)
+            weight = self._update_normalizer(human_loss, pseudo_loss)
+            total = loss_norm.total_loss(human_loss, pseudo_loss, weight)
+            scaled = self.optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        values = {"loss": total, "human_loss": human_loss, "pseudo_loss": pseudo_loss,
+                  "avg_human_loss": self.avg_human_loss, "avg_pseudo_loss": self.avg_pseudo_loss,
+                  "pseudo_weight": weight, **extra}
+        for name, value in values.items():
+            # Per-replica losses are partial sums of the global loss: report the global value.
+            if name in ("avg_human_loss", "avg_pseudo_loss", "pseudo_weight",
+                        "pseudo_positives"):
+                self._trackers[name].update_state(ops.convert_to_tensor(value))
+            else:
+                self._trackers[name].update_state(_cross_replica_sum(value))
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def _update_normalizer(self, human_loss, pseudo_loss):
+        """Updates the moving averages with the global losses; returns the pseudo weight."""
+        human = _cross_replica_sum(ops.stop_gradient(human_loss))
+        pseudo = _cross_replica_sum(ops.stop_gradient(pseudo_loss))
+        count = self.normalizer_updates
+        self.avg_human_loss.assign(
+            loss_norm.update_moving_average(self.avg_human_loss, human, self.decay, count))
+        self.avg_pseudo_loss.assign(
+            loss_norm.update_moving_average(self.avg_pseudo_loss, pseudo, self.decay, count))
+        self.normalizer_updates.assign(count + 1.0)
+        return loss_norm.pseudo_weight(self.avg_human_loss, self.avg_pseudo_loss, self.alpha,
+                                       self.loss_norm)
+
+
+def _segmentation_loss(targets, logits):
+    loss_sum, count = losses_lib.masked_sparse_categorical_crossentropy_per_example(targets,
+                                                                                   logits)
+    return ops.divide_no_nan(ops.sum(loss_sum),
+                             losses_lib.cross_replica_normalizer(ops.sum(count)))
+
+
+def is_student_batch(data):
+    """True for ((x_h, y_h), (x_p, y_p)) pairs."""
+    return (isinstance(data, (tuple, list)) and len(data) == 2
+            and all(isinstance(d, (tuple, list)) and len(d) == 2 for d in data))
+
+
+_STUDENT_CLASSES = {}
+
+
+def student_class(base):
+    """The class `base` + `StudentMixin` (cached, so one class per base)."""
+    if base not in _STUDENT_CLASSES:
+        _STUDENT_CLASSES[base] = type(f"Student{base.__name__}", (StudentMixin, base), {})
+    return _STUDENT_CLASSES[base]
+
+
+def build_student_model(config, num_classes):
+    """The task model of `config`, as a student (same architecture, student train_step)."""
+    if config.task not in ("detection", "segmentation"):
+        raise ValueError(f"config.task: self-training supports detection and segmentation, "
+                         f"not {config.task!r}")
+    model = tasks.build_model(config, num_classes, model_class_fn=student_class)
+    st = config.self_training
+    model.configure_student(config.task, st.alpha, st.loss_norm, st.decay)
+    return model
+
+
+def student_dataset(config, info, human_batch_size, input_context=None):
+    """Pairs of (human, pseudo) batches: `human_batch_size` human + ratio x pseudo images."""
+    human = tasks.train_examples(config, info, input_context)
+    pseudo_examples = sources.load(f"pseudo:{config.self_training.pseudo_labels}", "all",
+                                   shuffle_files=True)
+    pseudo_examples = pipelines.shard_for(pseudo_examples, input_context)
+    pseudo = pipelines.preprocess(pseudo_examples, config.task,
+                                  image_size=config.dataset.image_size, policy=config.augment,
+                                  training=True, max_boxes=config.dataset.max_boxes)
+    pairs = pipelines.mix_streams(human, pseudo, config.self_training.ratio,
+                                  human_batch_size=human_batch_size, seed=config.seed,
+                                  shuffle_buffer=config.dataset.shuffle_buffer)
+    return pairs.map(lambda h, p: (pipelines.split_inputs(h, config.task),
+                                   pipelines.split_inputs(p, config.task)))
+
+
+def train_student(config, workdir, extra_callbacks=()):
+    """Trains a student from human labels plus `config.self_training.pseudo_labels`.
+
+    Same workdir layout, resume, evaluation and TensorBoard as supervised training.
+    """
+    if not config.self_training.pseudo_labels:
+        raise ValueError("config.self_training.pseudo_labels: a student needs a pseudo-label "
+                         "directory (from `python -m rethink_tf.pseudo_label`)")
+    return trainer.train(config, workdir, extra_callbacks=extra_callbacks,
+                         build_model_fn=build_student_model, train_data_fn=student_dataset)
