@@ -26,12 +26,12 @@ def get_config():
     c = base_config("classification")
     c.model.backbone = "resnet_small"
     c.dataset.image_size = 64
-    c.train.steps = 1000
+    c.train.steps = 800
     c.train.batch_size = 128  # images; each step runs 2 x 128 views
     c.train.learning_rate = 0.3
     c.train.warmup_steps = 100
     c.train.weight_decay = 1e-5
-    c.train.checkpoint_every = 250
+    c.train.checkpoint_every = 200
     c.train.eval_every = 0
     c.train.log_every = 50
     c.eval.batch_size = 100

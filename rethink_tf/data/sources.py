@@ -10,6 +10,8 @@
 - `coco_json:<annotations.json>:<image_dir>`: a user's own COCO-format data
   (see `rethink_tf.data.coco_json`).
 - `images:<glob>`: a folder of unlabeled images (see `rethink_tf.data.image_folder`).
+- `pseudo:<directory>`: pseudo labels written by `python -m rethink_tf.pseudo_label` (see
+  `rethink_tf.pseudo.records`); one split, `all`; task and classes from its manifest.
 
 The canonical example (see `rethink_tf.data.example`): `image` uint8 [H, W, 3],
 `boxes` float32 [N, 4] absolute pixels xyxy, `classes` int32 [N] contiguous from 0,
@@ -53,6 +55,7 @@ CLASSIFICATION = "classification"
 
 COCO_JSON_PREFIX = "coco_json:"
 IMAGES_PREFIX = "images:"
+PSEUDO_PREFIX = "pseudo:"
 
 # The 80 category ids of COCO 2014/2017 instances annotations, sorted; TFDS label i is
 # COCO_CATEGORY_IDS[i].
@@ -112,9 +115,10 @@ def load(name: str, split: str, *, data_dir: str | None = None,
     """Loads a source as a `tf.data.Dataset` of canonical examples.
 
     Args:
-        name: a TFDS name, `coco_json:<annotations.json>:<image_dir>` or `images:<glob>`.
+        name: a TFDS name, `coco_json:<annotations.json>:<image_dir>`, `images:<glob>` or
+            `pseudo:<directory>`.
         split: a split name (TFDS slicing such as `train[:10%]` works for TFDS names);
-            `coco_json:` and `images:` sources have the single split `all`.
+            `coco_json:`, `images:` and `pseudo:` sources have the single split `all`.
         data_dir: the TFDS data dir (TFDS names only).
         fraction: in (0, 1]; keep the deterministic, nested subset of this size chosen
             by a hash of `source_id`. None keeps everything.
@@ -148,6 +152,13 @@ def load(name: str, split: str, *, data_dir: str | None = None,
         ds = image_folder.load(name[len(IMAGES_PREFIX):], skip_counter=skip_counter,
                                fraction=fraction, shuffle=shuffle_files,
                                seed=_shuffle_seed(read_config))
+    elif name.startswith(PSEUDO_PREFIX):
+        from rethink_tf.pseudo import records  # pylint: disable=g-import-not-at-top
+        _check_single_split(name, split)
+        ds = records.load_pseudo_labels(name[len(PSEUDO_PREFIX):], shuffle_files=shuffle_files,
+                                        seed=_shuffle_seed(read_config))
+        if fraction is not None and fraction < 1.0:
+            ds = ds.filter(lambda e: in_fraction(e[ex.SOURCE_ID], fraction))
     else:
         ds = _load_tfds(name, split, data_dir=data_dir, shuffle_files=shuffle_files,
                         read_config=read_config, keep_crowd=keep_crowd, fraction=fraction)
@@ -178,6 +189,13 @@ def info(name: str, data_dir: str | None = None) -> SourceInfo:
     if name.startswith(IMAGES_PREFIX):
         return SourceInfo(name=name, tasks=(), num_classes={}, class_names={},
                           splits=("all",))
+    if name.startswith(PSEUDO_PREFIX):
+        from rethink_tf.pseudo import records  # pylint: disable=g-import-not-at-top
+        manifest = records.read_manifest(name[len(PSEUDO_PREFIX):])
+        task, count = manifest["task"], int(manifest["num_classes"])
+        names = tuple(manifest.get("class_names") or (str(c) for c in range(count)))
+        return SourceInfo(name=name, tasks=(task,), num_classes={task: count},
+                          class_names={task: names}, splits=("all",))
     builder = _tfds_builder(name, data_dir)
     features = builder.info.features
     tasks, num_classes, class_names = [], {}, {}

@@ -68,6 +68,7 @@ class FeaturePyramid(keras.layers.Layer):
         self.output_convs = [conv(3, 1, f"output_p{lvl}") for lvl in (3, 4, 5)]
         self.extra = [conv(3, 2, f"output_p{lvl}") for lvl in range(6, max_level + 1)]
         self.upsample = keras.layers.UpSampling2D(2)
+        _track_by_name(self, self.lateral + self.output_convs + self.extra)
 
     def build(self, input_shape):
         for i, lvl in enumerate((3, 4, 5)):
@@ -93,6 +94,14 @@ class FeaturePyramid(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "max_level": self.max_level}
+
+
+def _track_by_name(layer, sublayers):
+    # TF checkpoints (tf.train.Checkpoint) do not follow Keras's tracked lists: without a
+    # named attribute these sub-layers would be missing from `Checkpoint(model=...)`.
+    for sub in sublayers:
+        object.__setattr__(layer, f"_ckpt_{sub.name}", sub)
+        layer._track_trackable(sub, name=f"_ckpt_{sub.name}")  # pylint: disable=protected-access
 
 
 @keras.saving.register_keras_serializable(package="rethink_tf")
@@ -124,6 +133,7 @@ class PredictionHead(keras.layers.Layer):
                                               kernel_initializer=normal,
                                               bias_initializer=self.bias_initializer,
                                               dtype="float32", name="prediction")
+        _track_by_name(self, self.hidden)
 
     def build(self, input_shape):
         shape = (None, None, None, input_shape[-1])

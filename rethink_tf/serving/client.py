@@ -151,9 +151,10 @@ def predict_rest(server, model, images, signature_name=SIGNATURE, version=None, 
 # ------------------------------------------------------------------------------------------
 
 def _serving_apis():
+    # pylint: disable=g-import-not-at-top
     try:
-        from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
-        from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
+        from tensorflow_serving.apis import predict_pb2
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
     except ImportError as e:
         raise ImportError("the gRPC client needs tensorflow-serving-api: "
                           "pip install -e '.[serving]'") from e
@@ -224,8 +225,7 @@ def split_results(outputs, labels=None):
 
     Detection: {"image_size", "detections": [{"box": [xmin, ymin, xmax, ymax], "class",
     "label", "score"}, ...]} (boxes in original pixels). Segmentation: {"image_size", "mask"
-    (class ids, cropped to the image), "confidence"}. Classification: {"class", "label",
-    "score"}.
+    (class ids, cropped to the image), "confidence"}.
     """
     def label(c):
         return labels[c] if labels is not None and 0 <= c < len(labels) else str(c)
@@ -247,10 +247,6 @@ def split_results(outputs, labels=None):
             confidence = np.asarray(outputs["segmentation_confidence"][i])[:height, :width]
             result["mask"] = mask.astype(np.int32)
             result["confidence"] = confidence.astype(np.float32)
-        elif "classification_classes" in outputs:
-            c = int(outputs["classification_classes"][i])
-            result.update({"class": c, "label": label(c),
-                           "score": float(outputs["classification_scores"][i])})
         results.append(result)
     return results
 
@@ -268,8 +264,6 @@ def format_result(name, result):
         ids, counts = np.unique(result["mask"], return_counts=True)
         total = max(int(result["mask"].size), 1)
         lines.append("  " + ", ".join(f"class {c}: {n / total:.1%}" for c, n in zip(ids, counts)))
-    elif "class" in result:
-        lines.append(f"  {result['label']}  {result['score']:.3f}")
     return lines
 
 

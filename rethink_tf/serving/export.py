@@ -33,8 +33,6 @@ Outputs (every signature; `image_sizes` int32 [batch, 2] = original (height, wid
                                           is padded to the batch's largest one
                   segmentation_confidence float32 [batch, max_height, max_width] softmax
                                           probability of that class (0 in padding)
-    classification  classification_classes int32 [batch], classification_scores float32
-                  [batch] (softmax), classification_probabilities float32 [batch, num_classes]
 """
 
 import json
@@ -66,10 +64,7 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 DETECTION_OUTPUTS = ("detection_boxes", "detection_classes", "detection_scores",
                      "num_detections", "image_sizes")
 SEGMENTATION_OUTPUTS = ("segmentation_masks", "segmentation_confidence", "image_sizes")
-CLASSIFICATION_OUTPUTS = ("classification_classes", "classification_scores",
-                          "classification_probabilities", "image_sizes")
-OUTPUTS = {"detection": DETECTION_OUTPUTS, "segmentation": SEGMENTATION_OUTPUTS,
-           "classification": CLASSIFICATION_OUTPUTS}
+OUTPUTS = {"detection": DETECTION_OUTPUTS, "segmentation": SEGMENTATION_OUTPUTS}
 
 # Magic numbers of the formats `tf.io.decode_image` reads.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
@@ -206,23 +201,16 @@ def _segmentation_outputs(model, images, image_info, sizes):
     return {"segmentation_masks": masks, "segmentation_confidence": confidence}
 
 
-def _classification_outputs(model, images):
-    probabilities = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32), axis=-1)
-    return {"classification_classes": tf.argmax(probabilities, -1, output_type=tf.int32),
-            "classification_scores": tf.reduce_max(probabilities, -1),
-            "classification_probabilities": probabilities}
-
-
 class _ServingModule(tf.Module):
     """The exported object: the model's variables, the labels asset and the two signatures."""
 
-    def __init__(self, model, task, image_size, num_classes, labels_path):
+    def __init__(self, model, task, image_size, labels_path):
         super().__init__(name="rethink_tf_serving")
-        self._model = model  # plain Python reference (not tracked: see _model_variables)
+        # A getter rather than the model itself, so that tf.Module does not track the Keras
+        # object graph: like keras.export.ExportArchive, only its variables are saved.
+        self._get_model = lambda: model
         self._task = task
         self._image_size = image_size
-        self._num_classes = num_classes
-        # Like keras.export.ExportArchive, save the variables and not the Keras object graph.
         self.model_variables = list(model.variables)
         self.labels = tf.saved_model.Asset(labels_path)
         self.serve_encoded = tf.function(
@@ -267,24 +255,18 @@ class _ServingModule(tf.Module):
             # Keras warns that the functional model's input is a dict; a tensor is fine.
             warnings.filterwarnings("ignore", message=".*structure of `inputs`.*")
             if self._task == "detection":
-                return _detection_outputs(self._model, images, image_info)
-            if self._task == "segmentation":
-                return _segmentation_outputs(self._model, images, image_info, sizes)
-            return _classification_outputs(self._model, images)
+                return _detection_outputs(self._get_model(), images, image_info)
+            return _segmentation_outputs(self._get_model(), images, image_info, sizes)
 
     def _empty_outputs(self):
         if self._task == "detection":
-            k = self._model.prediction_decoder.max_detections
+            k = self._get_model().prediction_decoder.max_detections
             return {"detection_boxes": tf.zeros([0, k, 4]),
                     "detection_classes": tf.zeros([0, k], tf.int32),
                     "detection_scores": tf.zeros([0, k]),
                     "num_detections": tf.zeros([0], tf.int32)}
-        if self._task == "segmentation":
-            return {"segmentation_masks": tf.zeros([0, 0, 0], tf.int32),
-                    "segmentation_confidence": tf.zeros([0, 0, 0])}
-        return {"classification_classes": tf.zeros([0], tf.int32),
-                "classification_scores": tf.zeros([0]),
-                "classification_probabilities": tf.zeros([0, self._num_classes])}
+        return {"segmentation_masks": tf.zeros([0, 0, 0], tf.int32),
+                "segmentation_confidence": tf.zeros([0, 0, 0])}
 
 
 def _warmup_images(image_size):
@@ -310,9 +292,14 @@ def write_warmup_requests(path, model_name, image_size):
     Returns:
         The number of requests written.
     """
-    from tensorflow_serving.apis import model_pb2  # pylint: disable=g-import-not-at-top
-    from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
-    from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    try:
+        from tensorflow_serving.apis import model_pb2
+        from tensorflow_serving.apis import predict_pb2
+        from tensorflow_serving.apis import prediction_log_pb2
+    except ImportError as e:
+        raise ImportError("writing TF Serving warm-up requests needs tensorflow-serving-api: "
+                          "pip install -e '.[serving]'") from e
     images = _warmup_images(image_size)
     encoded = [tf.io.encode_jpeg(image, quality=90).numpy() for image in images]
     requests = [
@@ -354,7 +341,8 @@ def export(workdir, output_base, version=None, checkpoint="best", score_threshol
     config = config_lib.load(workdir)
     task = config.task
     if task not in OUTPUTS:
-        raise ValueError(f"{workdir!r}: task {task!r} cannot be exported")
+        raise ValueError(f"{workdir!r}: task {task!r} cannot be exported for serving (only "
+                         f"{' and '.join(OUTPUTS)} models)")
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score_threshold must be in [0, 1], got {score_threshold}")
     output_base = os.path.abspath(output_base)
@@ -385,42 +373,44 @@ def export(workdir, output_base, version=None, checkpoint="best", score_threshol
     os.makedirs(output_base, exist_ok=True)
     tmp = os.path.join(output_base, f".tmp-{version}")
     shutil.rmtree(tmp, ignore_errors=True)
-    staging = os.path.join(tmp, "staging")
-    os.makedirs(staging)
-    labels_path = os.path.join(staging, LABELS_FILE)
-    with open(labels_path, "w") as f:
-        f.write("".join(name + "\n" for name in class_names))
-    saved = os.path.join(tmp, "model")
-    module = _ServingModule(model, task, image_size, n_classes, labels_path)
-    signatures = {ENCODED_SIGNATURE: module.serve_encoded.get_concrete_function(),
-                  TENSOR_SIGNATURE: module.serve_tensor.get_concrete_function()}
-    tf.saved_model.save(module, saved, signatures=signatures)
+    try:
+        staging = os.path.join(tmp, "staging")
+        os.makedirs(staging)
+        labels_path = os.path.join(staging, LABELS_FILE)
+        with open(labels_path, "w") as f:
+            f.write("".join(name + "\n" for name in class_names))
+        saved = os.path.join(tmp, "model")
+        module = _ServingModule(model, task, image_size, labels_path)
+        signatures = {ENCODED_SIGNATURE: module.serve_encoded.get_concrete_function(),
+                      TENSOR_SIGNATURE: module.serve_tensor.get_concrete_function()}
+        tf.saved_model.save(module, saved, signatures=signatures)
 
-    extra = os.path.join(saved, "assets.extra")
-    os.makedirs(extra)
-    model_name = model_name or os.path.basename(output_base.rstrip(os.sep))
-    n_warmup = write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name, image_size)
-    info = {
-        "workdir": os.path.abspath(workdir),
-        "checkpoint": checkpoint_path,
-        "step": checkpoints_lib.step_of(checkpoint_path),
-        "version": version,
-        "task": task,
-        "image_size": list(image_size),
-        "labels": class_names,
-        "signatures": {ENCODED_SIGNATURE: {"inputs": {ENCODED_INPUT: "string [batch]"}},
-                       TENSOR_SIGNATURE: {"inputs": {TENSOR_INPUT: "uint8 [batch, h, w, 3]"}}},
-        "outputs": list(OUTPUTS[task]),
-        "box_format": BOX_FORMAT if task == "detection" else None,
-        "score_threshold": score_threshold if task == "detection" else None,
-        "iou_threshold": iou_threshold if task == "detection" else None,
-        "max_detections": max_detections if task == "detection" else None,
-        "warmup_requests": n_warmup,
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-        "config": config_lib.to_dict(config),
-    }
-    with open(os.path.join(extra, INFO_FILE), "w") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-    os.replace(saved, final)
-    shutil.rmtree(tmp)
+        extra = os.path.join(saved, "assets.extra")
+        os.makedirs(extra)
+        model_name = model_name or os.path.basename(output_base.rstrip(os.sep))
+        n_warmup = write_warmup_requests(os.path.join(extra, WARMUP_FILE), model_name, image_size)
+        info = {
+            "workdir": os.path.abspath(workdir),
+            "checkpoint": checkpoint_path,
+            "step": checkpoints_lib.step_of(checkpoint_path),
+            "version": version,
+            "task": task,
+            "image_size": list(image_size),
+            "labels": class_names,
+            "signatures": {ENCODED_SIGNATURE: {"inputs": {ENCODED_INPUT: "string [batch]"}},
+                           TENSOR_SIGNATURE: {"inputs": {TENSOR_INPUT: "uint8 [batch, h, w, 3]"}}},
+            "outputs": list(OUTPUTS[task]),
+            "box_format": BOX_FORMAT if task == "detection" else None,
+            "score_threshold": score_threshold if task == "detection" else None,
+            "iou_threshold": iou_threshold if task == "detection" else None,
+            "max_detections": max_detections if task == "detection" else None,
+            "warmup_requests": n_warmup,
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+            "config": config_lib.to_dict(config),
+        }
+        with open(os.path.join(extra, INFO_FILE), "w") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
+        os.replace(saved, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # also after a failure
     return final

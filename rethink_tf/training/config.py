@@ -22,6 +22,7 @@ def base_config(task="detection"):
     c.seed = 0
     c.augment = "s1"
     # random | pretrained:<pretrain workdir> | checkpoint:<path to backbone weights>
+    # | teacher:<training workdir> (all weights of that run's best checkpoint)
     c.init = "random"
     c.strategy = "default"
     c.tpu = ""  # TPU address for strategy=tpu ("" = local / Cloud TPU VM)
@@ -83,6 +84,14 @@ def base_config(task="detection"):
     c.self_training.loss_norm = True
     c.self_training.alpha = 1.0
     c.self_training.decay = 0.99  # moving-average decay of the loss normaliser
+    # Used by `python -m rethink_tf.pipeline` (teacher -> pseudo labels -> student):
+    c.self_training.unlabeled = "digit_scenes/detection"  # any source name
+    c.self_training.unlabeled_split = "unlabeled"
+    c.self_training.score_threshold = 0.5  # detection: teacher score for a pseudo box
+    c.self_training.pixel_threshold = 0.5  # segmentation: confidence for a pseudo pixel
+    c.self_training.flip_tta = False
+    c.self_training.teacher_augment = ""  # "" = the student's augment (a fair comparison)
+    c.self_training.student_init = "config"  # config (= config.init) | teacher (all weights)
 
     if task == "segmentation":
         c.model.backbone = "resnet_small"
@@ -112,9 +121,10 @@ def validate(config):
     if config.strategy not in STRATEGIES:
         _fail("strategy", f"{config.strategy!r} is not one of {STRATEGIES}")
     init = config.init
-    if not (init == "random" or init.startswith("pretrained:") or init.startswith("checkpoint:")):
-        _fail("init", f"{init!r} must be 'random', 'pretrained:<workdir>' or "
-                      "'checkpoint:<path>'")
+    if not (init == "random" or init.split(":", 1)[0] in ("pretrained", "checkpoint", "teacher")
+            and ":" in init):
+        _fail("init", f"{init!r} must be 'random', 'pretrained:<workdir>', "
+                      "'checkpoint:<backbone .weights.h5>' or 'teacher:<workdir>'")
     if init != "random":
         path = init.split(":", 1)[1]
         if not path:
@@ -150,6 +160,13 @@ def validate(config):
             _fail("self_training.alpha", f"must be >= 0, got {st.alpha}")
         if not 0.0 <= st.decay < 1.0:
             _fail("self_training.decay", f"must be in [0, 1), got {st.decay}")
+    if st.teacher_augment and st.teacher_augment not in POLICIES:
+        _fail("self_training.teacher_augment", f"{st.teacher_augment!r} is not one of {POLICIES}")
+    if st.student_init not in ("config", "teacher"):
+        _fail("self_training.student_init", f"{st.student_init!r} must be 'config' or 'teacher'")
+    for field in ("score_threshold", "pixel_threshold"):
+        if not 0.0 <= st[field] <= 1.0:
+            _fail(f"self_training.{field}", f"must be in [0, 1], got {st[field]}")
     _check_dataset(config)
 
 

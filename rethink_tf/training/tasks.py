@@ -104,9 +104,21 @@ class _SparseSmoothedCrossentropy(keras.losses.Loss):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
 
+def _initialize_from_workdir(model, workdir):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    directory = os.path.join(workdir, "checkpoints")
+    path = (tf.train.latest_checkpoint(os.path.join(directory, "best"))
+            or tf.train.latest_checkpoint(directory))
+    if path is None:
+        raise FileNotFoundError(f"config.init=teacher:{workdir}: no checkpoint in {directory!r}")
+    # Only the model: the teacher's optimiser state and step are not the student's.
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    return path
+
+
 def backbone_weights_path(init):
-    """The backbone weights file named by `config.init` (None for random)."""
-    if init == "random":
+    """The backbone weights file named by `config.init` (None for random or teacher)."""
+    if init == "random" or init.startswith("teacher:"):
         return None
     kind, path = init.split(":", 1)
     if kind == "pretrained":
@@ -115,7 +127,13 @@ def backbone_weights_path(init):
 
 
 def initialize(model, config):
-    """Loads pre-trained backbone weights into `model.backbone` as `config.init` says."""
+    """Loads initial weights as `config.init` says (before any checkpoint exists).
+
+    `pretrained:` and `checkpoint:` fill `model.backbone`; `teacher:<workdir>` restores every
+    weight of the model from that run's best (else latest) checkpoint (same architecture).
+    """
+    if config.init.startswith("teacher:"):
+        return _initialize_from_workdir(model, config.init.split(":", 1)[1])
     path = backbone_weights_path(config.init)
     if path is None:
         return None

@@ -140,3 +140,23 @@ def test_keras_file_round_trip(model, tmp_path):
     np.testing.assert_allclose(np.asarray(restored(images)["classification"]),
                                np.asarray(model(images)["classification"]), atol=1e-6)
     assert restored.prediction_decoder.confidence_threshold == 0.05
+
+
+def test_model_only_tf_checkpoint_restores_every_weight(tmp_path):
+    """FPN and head convs live in lists; a `tf.train.Checkpoint(model=...)` must still see them
+    (the student's `init=teacher:` and pseudo-labelling restore the model without optimiser)."""
+    import numpy as np  # pylint: disable=g-import-not-at-top,reimported
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top,reimported
+    from rethink_tf.models import detector as det  # pylint: disable=g-import-not-at-top
+
+    def build():
+        m = det.build_detector("resnet_tiny", 3, 64, max_level=5, anchor_sizes=(16, 32, 64),
+                               fpn_filters=8, head_filters=8, head_depth=2)
+        m(tf.zeros([1, 64, 64, 3]))
+        return m
+
+    source, target = build(), build()
+    path = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(model=target).restore(path).assert_existing_objects_matched()
+    for a, b in zip(source.get_weights(), target.get_weights()):
+        np.testing.assert_array_equal(a, b)

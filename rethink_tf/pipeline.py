@@ -1,0 +1,33 @@
+r"""The main job: teacher -> pseudo labels -> student -> evaluation -> report, on this CPU.
+
+  python -m rethink_tf.pipeline --workdir=/tmp/rt
+  python -m rethink_tf.pipeline --config=experiments/configs/segmentation_student.py \
+      --workdir=/tmp/rt_seg --rounds=2
+
+DIR/teacher, DIR/pseudo, DIR/student (and DIR/round<k>/... for more rounds) are ordinary
+workdirs; DIR/report.md summarises. Re-running the command resumes at the stage it stopped.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/detection_student.py",
+    "Student config; its self_training section says how to pseudo-label.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline directory.")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "Self-training rounds (student -> next teacher).")
+_QUALITY_IMAGES = flags.DEFINE_integer(
+    "quality_images", 1000, "Unlabeled images scored against hidden ground truth (0 = all).")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    del argv
+    from rethink_tf.training import self_training  # pylint: disable=g-import-not-at-top
+    self_training.run(_CONFIG.value, _WORKDIR.value, rounds=_ROUNDS.value,
+                      quality_images=_QUALITY_IMAGES.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,203 @@
+"""The main job: teacher -> pseudo labels -> student -> evaluation of both -> report.
+
+  DIR/teacher/          an ordinary training workdir (config.json, checkpoints, tb, metrics.json)
+  DIR/pseudo/           pseudo-label shards, manifest.json, quality.json (if ground truth exists)
+  DIR/student/          the student's workdir
+  DIR/round<k>/...      with rounds > 1: pseudo/ and student/ of round k (the previous student
+                        is the next teacher)
+  DIR/report.md         teacher vs student table and pseudo-label quality
+  DIR/pipeline.json     the same numbers, machine-readable
+
+Every stage is resumable: a finished teacher or student is not retrained (its workdir resumes
+or is complete), finished pseudo-label shards are skipped, so re-running the command after an
+interruption continues where it stopped.
+"""
+
+import json
+import os
+import time
+
+from rethink_tf.evaluation import evaluator
+from rethink_tf.training import config as config_lib
+from rethink_tf.training import student as student_lib
+from rethink_tf.training import trainer
+
+
+def teacher_config(config):
+    """The teacher's config: the student's, without pseudo labels and without model noise.
+
+    The teacher uses `self_training.teacher_augment` ('' = the student's augmentation, so the
+    comparison differs only in the pseudo labels) and the same step budget.
+    """
+    c = config.copy_and_resolve_references()
+    c.self_training.pseudo_labels = ""
+    c.augment = config.self_training.teacher_augment or config.augment
+    c.model.drop_path_rate = 0.0
+    return c
+
+
+def student_config(config, pseudo_dir, teacher_dir):
+    c = config.copy_and_resolve_references()
+    c.self_training.pseudo_labels = pseudo_dir
+    if c.self_training.student_init == "teacher":
+        c.init = f"teacher:{teacher_dir}"
+    return c
+
+
+def _stage(name):
+    print(f"\n=== {name} ===", flush=True)
+    return time.time()
+
+
+def pseudo_label_stage(config, teacher_dir, pseudo_dir, *, quality_images=1000):
+    """Labels the unlabeled source with the teacher (resumable) and measures quality."""
+    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
+    from rethink_tf.pseudo import labeler  # pylint: disable=g-import-not-at-top
+    from rethink_tf.pseudo import quality  # pylint: disable=g-import-not-at-top
+    from rethink_tf.pseudo import records  # pylint: disable=g-import-not-at-top
+    st = config.self_training
+    data_dir = config.dataset.data_dir or None
+    labeler.pseudo_label(teacher_dir, st.unlabeled, pseudo_dir, task=config.task,
+                         split=st.unlabeled_split, data_dir=data_dir,
+                         score_threshold=st.score_threshold, pixel_threshold=st.pixel_threshold,
+                         flip_tta=st.flip_tta)
+    manifest = records.read_manifest(pseudo_dir)
+    quality_path = os.path.join(pseudo_dir, quality.QUALITY_FILE)
+    src = sources.info(st.unlabeled, data_dir=data_dir)
+    if config.task in src.tasks and not os.path.exists(quality_path):
+        # The unlabeled split keeps hidden ground truth (digit_scenes): measure the labels.
+        quality.report(pseudo_dir, st.unlabeled, st.unlabeled_split, teacher=teacher_dir,
+                       data_dir=data_dir, max_images=quality_images)
+    result = {"manifest": manifest}
+    if os.path.exists(quality_path):
+        with open(quality_path) as f:
+            result["quality"] = json.load(f)
+    return result
+
+
+def run(config, workdir, rounds=1, quality_images=1000):
+    """Runs teacher -> pseudo labels -> student (x rounds) and writes DIR/report.md.
+
+    Args:
+      config: a student config (e.g. experiments/configs/detection_student.py); its
+        `self_training` section says where the unlabeled images are and how to label them.
+      workdir: the pipeline's directory.
+      rounds: self-training rounds; the student of round k teaches round k + 1.
+      quality_images: unlabeled images scored for pseudo-label quality (0 = all).
+
+    Returns:
+      The summary dict (also in DIR/pipeline.json).
+    """
+    if config.task not in ("detection", "segmentation"):
+        raise ValueError(f"config.task: the pipeline runs detection or segmentation, not "
+                         f"{config.task!r}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    t_config = teacher_config(config)
+    config_lib.validate(t_config)  # fail before any work
+    os.makedirs(workdir, exist_ok=True)
+    summary = {"task": config.task, "rounds": [], "timings_s": {}}
+    start = _stage("teacher")
+    teacher_dir = os.path.join(workdir, "teacher")
+    summary["teacher"] = _metrics(trainer.train(t_config, teacher_dir))
+    summary["teacher"]["augment"] = t_config.augment
+    summary["timings_s"]["teacher"] = time.time() - start
+    for k in range(1, rounds + 1):
+        round_dir = workdir if k == 1 else os.path.join(workdir, f"round{k}")
+        start = _stage(f"round {k}: pseudo labels from {teacher_dir}")
+        pseudo_dir = os.path.join(round_dir, "pseudo")
+        pseudo = pseudo_label_stage(config, teacher_dir, pseudo_dir,
+                                    quality_images=quality_images or None)
+        summary["timings_s"][f"pseudo_{k}"] = time.time() - start
+        start = _stage(f"round {k}: student")
+        s_config = student_config(config, pseudo_dir, teacher_dir)
+        student_dir = os.path.join(round_dir, "student")
+        metrics = _metrics(student_lib.train_student(s_config, student_dir))
+        metrics["augment"] = s_config.augment
+        summary["timings_s"][f"student_{k}"] = time.time() - start
+        summary["rounds"].append({"round": k, "teacher_dir": teacher_dir,
+                                  "pseudo_dir": pseudo_dir, "student_dir": student_dir,
+                                  "student": metrics, "pseudo": _pseudo_summary(pseudo)})
+        teacher_dir = student_dir
+    with open(os.path.join(workdir, "pipeline.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+        f.write(render_report(config, summary))
+    print(f"\nreport: {os.path.join(workdir, 'report.md')}", flush=True)
+    return summary
+
+
+def _metrics(metrics):
+    return {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+
+
+def _pseudo_summary(pseudo):
+    manifest = pseudo["manifest"]
+    out = {k: v for k, v in manifest.items()
+           if isinstance(v, (int, float, str, bool)) or "class" in k}
+    if "quality" in pseudo:
+        out["quality"] = pseudo["quality"]
+    return out
+
+
+def render_report(config, summary):
+    """The Markdown report: teacher vs student, and pseudo-label quality."""
+    task = summary["task"]
+    keys = ["AP", "AP50", "AP75"] if task == "detection" else ["mIoU"]
+    primary = evaluator.PRIMARY_METRIC[task]
+    lines = [f"# Self-training report ({task})", "",
+             f"Dataset `{config.dataset.name}` (labelled split `{config.dataset.train_split}`, "
+             f"fraction {config.dataset.fraction}), evaluated on `{config.dataset.eval_split}`; "
+             f"unlabeled `{config.self_training.unlabeled}` split "
+             f"`{config.self_training.unlabeled_split}`. Same step budget per model "
+             f"({config.train.steps} steps, {config.train.batch_size} human images per step).",
+             "", "| model | augment | " + " | ".join(keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    teacher = summary["teacher"]
+    lines.append("| teacher | " + teacher["augment"] + " | " +
+                 " | ".join(f"{teacher.get(k, float('nan')):.4f}" for k in keys) + " |")
+    for r in summary["rounds"]:
+        s = r["student"]
+        lines.append(f"| student (round {r['round']}) | {s['augment']} | " +
+                     " | ".join(f"{s.get(k, float('nan')):.4f}" for k in keys) + " |")
+    last = summary["rounds"][-1]["student"]
+    delta = last.get(primary, 0.0) - teacher.get(primary, 0.0)
+    lines += ["", f"Student - teacher ({primary}): {delta:+.4f}.", "",
+              "Self-training: ratio {ratio} pseudo:human images per batch, loss_norm "
+              "{loss_norm}, alpha {alpha}.".format(**{
+                  k: config.self_training[k] for k in ("ratio", "loss_norm", "alpha")}), ""]
+    for r in summary["rounds"]:
+        p = r["pseudo"]
+        lines += [f"## Pseudo labels, round {r['round']}", ""]
+        lines += [f"- {k}: {v}" for k, v in p.items()
+                  if k.startswith("num_") or k.endswith("threshold") or k == "teacher"]
+        counts = p.get("class_counts")
+        if isinstance(counts, (list, dict)):
+            names = p.get("class_names") or [str(i) for i in range(len(counts))]
+            counts = [counts.get(n, 0) for n in names] if isinstance(counts, dict) else counts
+            labeled = p.get("labeled_class_counts") or [""] * len(names)
+            if isinstance(labeled, dict):
+                labeled = [labeled.get(n, "") for n in names]
+            lines += ["", "| class | pseudo boxes | labelled boxes |", "|---|---|---|"]
+            lines += [f"| {n} | {c} | {lab} |" for n, c, lab in zip(names, counts, labeled)]
+        quality = p.get("quality")
+        if quality:
+            lines += ["", "Quality against the hidden ground truth "
+                      f"({quality.get('num_images', '?')} images):", ""]
+            per = quality.get("thresholds") or []
+            if per:
+                cols = [c for c in per[0] if c != "threshold"]
+                lines += ["| threshold | " + " | ".join(cols) + " |",
+                          "|---|" + "---|" * len(cols)]
+                for row in per:
+                    lines.append(f"| {row['threshold']} | " + " | ".join(
+                        _fmt(row[c]) for c in cols) + " |")
+        lines.append("")
+    times = summary["timings_s"]
+    lines += ["## Time", ""] + [f"- {k}: {v / 60:.1f} min" for k, v in times.items()]
+    lines.append(f"- total: {sum(times.values()) / 60:.1f} min")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value):
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

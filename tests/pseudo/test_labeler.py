@@ -1,0 +1,225 @@
+"""Pseudo-labeling: thresholds, negatives, teacher untouched, kill-and-rerun, sharding, TTA."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rethink_tf.data import example as ex
+from rethink_tf.data import sources
+from rethink_tf.pseudo import labeler
+from rethink_tf.pseudo import records
+from rethink_tf.pseudo import teacher as teacher_lib
+
+UNLABELED = "digit_scenes/detection_tiny"  # its `unlabeled` split keeps hidden ground truth
+NUM_UNLABELED = 48
+
+
+@pytest.fixture(scope="module")
+def det_teacher(detection_teacher_dir):
+    return teacher_lib.load_teacher(detection_teacher_dir)
+
+
+@pytest.fixture(scope="module")
+def reference(det_teacher, digit_scenes_data_dir):
+    """The teacher's detections at a low threshold, keyed by source_id."""
+    det_teacher.set_score_threshold(0.05)
+    ds = labeler.load_unlabeled(UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir)
+    return {f[ex.SOURCE_ID]: p for f, p in det_teacher.predict_stream(
+        ds, batch_size=16, passthrough=(ex.SOURCE_ID,))}
+
+
+def _label(teacher, out, data_dir, **kwargs):
+    kwargs.setdefault("score_threshold", 0.5)
+    return labeler.pseudo_label(teacher, UNLABELED, str(out), split="unlabeled",
+                                data_dir=data_dir, progress=False, batch_size=16, **kwargs)
+
+
+def _read(out):
+    return {e[ex.SOURCE_ID].numpy(): {k: v.numpy() for k, v in e.items()}
+            for e in records.load_pseudo_records(str(out))}
+
+
+def _shard_bytes(out):
+    return {os.path.basename(p): open(p, "rb").read()
+            for p in records.list_shards(str(out)).values()}
+
+
+def test_boxes_are_the_teachers_above_threshold_and_teacher_unchanged(
+        det_teacher, reference, tmp_path, digit_scenes_data_dir):
+    before = [w.copy() for w in det_teacher.model.get_weights()]
+    manifest = _label(det_teacher, tmp_path, digit_scenes_data_dir, score_threshold=0.5)
+    after = det_teacher.model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+    got = _read(tmp_path)
+    assert len(got) == NUM_UNLABELED == manifest["num_images"] and manifest["complete"]
+    kept = 0
+    for source_id, record in got.items():
+        ref = reference[source_id]
+        want = ref["scores"] >= 0.5
+        np.testing.assert_allclose(record["boxes"], ref["boxes"][want], atol=1e-4)
+        np.testing.assert_array_equal(record["classes"], ref["classes"][want])
+        assert np.all(record["scores"] >= 0.5)
+        height, width = record[ex.IMAGE].shape[:2]
+        assert np.all(record["boxes"] >= 0) and np.all(record["boxes"][:, [2]] <= width)
+        assert np.all(record["boxes"][:, [3]] <= height)
+        kept += int(want.sum())
+    # Not vacuous: the threshold keeps some boxes and drops others.
+    assert 0 < kept < sum(len(r["scores"]) for r in reference.values())
+    assert manifest["num_boxes"] == kept
+    assert sum(v["pseudo_boxes"] for v in manifest["per_class"].values()) == kept
+    assert manifest["labeled_counts"] and len(manifest["labeled_counts"]) == 10
+    assert manifest["teacher"]["kind"] == "workdir" and manifest["teacher"]["step"] == 3
+    assert manifest["score_threshold"] == 0.5 and manifest["skipped_unreadable"] == 0
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+    # The records read back as a canonical source; images are the source's exact pixels.
+    ds = sources.load(f"pseudo:{tmp_path}", "all")
+    ex.check_example_spec(ds.element_spec)
+    assert set(ds.element_spec) == {ex.IMAGE, ex.SOURCE_ID, ex.BOXES, ex.CLASSES}
+    info = sources.info(f"pseudo:{tmp_path}")
+    assert info.tasks == ("detection",) and info.num_classes["detection"] == 10
+    original = {e[ex.SOURCE_ID].numpy(): e[ex.IMAGE].numpy() for e in labeler.load_unlabeled(
+        UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir)}
+    for e in ds.take(5):
+        np.testing.assert_array_equal(e[ex.IMAGE].numpy(), original[e[ex.SOURCE_ID].numpy()])
+
+
+def test_negatives_kept_or_dropped(det_teacher, reference, tmp_path, digit_scenes_data_dir):
+    top = sorted(float(p["scores"].max(initial=0.0)) for p in reference.values())
+    # About half the images have no box at this threshold (midway: no score sits on it).
+    half = len(top) // 2
+    threshold = (top[half - 1] + top[half]) / 2
+    assert top[half - 1] < threshold < top[half]
+    empty = sum(t < threshold for t in top)
+    assert 0 < empty < NUM_UNLABELED
+    kept = _label(det_teacher, tmp_path / "kept", digit_scenes_data_dir,
+                  score_threshold=threshold)
+    dropped = _label(det_teacher, tmp_path / "dropped", digit_scenes_data_dir,
+                     score_threshold=threshold, drop_empty=True)
+    assert kept["num_images"] == NUM_UNLABELED and kept["num_negatives"] == empty
+    assert sum(len(r["boxes"]) == 0 for r in _read(tmp_path / "kept").values()) == empty
+    assert dropped["num_images"] == NUM_UNLABELED - empty
+    assert dropped["num_dropped_empty"] == empty
+    assert all(len(r["boxes"]) for r in _read(tmp_path / "dropped").values())
+
+
+def test_killed_run_rerun_equals_uninterrupted_and_machines_agree(
+        det_teacher, tmp_path, digit_scenes_data_dir):
+    whole = _label(det_teacher, tmp_path / "whole", digit_scenes_data_dir, num_output_shards=4)
+
+    def die_after_first(index, stats):
+        raise KeyboardInterrupt(f"killed after shard {index}")
+
+    with pytest.raises(KeyboardInterrupt):
+        _label(det_teacher, tmp_path / "killed", digit_scenes_data_dir, num_output_shards=4,
+               shards_per_pass=1, on_shard_done=die_after_first)
+    assert len(records.list_shards(str(tmp_path / "killed"))) == 1
+    with pytest.raises(ValueError, match="incomplete"):
+        records.load_pseudo_labels(str(tmp_path / "killed"))
+    done = []
+    resumed = _label(det_teacher, tmp_path / "killed", digit_scenes_data_dir, num_output_shards=4,
+                     on_shard_done=lambda i, s: done.append(i))
+    assert len(done) == 3  # the finished shard was skipped
+    assert _shard_bytes(tmp_path / "killed") == _shard_bytes(tmp_path / "whole")
+    assert resumed["num_images"] == whole["num_images"] == NUM_UNLABELED
+
+    for index in (1, 0):  # two "machines", in any order, into one directory
+        _label(det_teacher, tmp_path / "machines", digit_scenes_data_dir, num_output_shards=4,
+               num_shards=2, shard_index=index)
+    assert _shard_bytes(tmp_path / "machines") == _shard_bytes(tmp_path / "whole")
+    assert records.read_manifest(str(tmp_path / "machines"))["num_images"] == NUM_UNLABELED
+
+    with pytest.raises(ValueError, match="other settings"):
+        _label(det_teacher, tmp_path / "whole", digit_scenes_data_dir, num_output_shards=4,
+               score_threshold=0.7)
+
+
+def test_corrupt_image_skipped_and_counted(det_teacher, tmp_path, digit_scenes_data_dir):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    ds = labeler.load_unlabeled(UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir)
+    for i, e in enumerate(ds.take(5)):
+        (folder / f"{i}.png").write_bytes(tf.io.encode_png(e[ex.IMAGE]).numpy())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    manifest = labeler.pseudo_label(det_teacher, f"images:{folder}/*", str(tmp_path / "out"),
+                                    progress=False, num_output_shards=2)
+    assert manifest["num_images"] == 5 and manifest["skipped_unreadable"] == 1
+    assert list(manifest["skipped_files"]) == [str(folder / "broken.jpg")]
+    assert manifest["unlabeled"] == {"source": f"images:{folder}/*", "split": "all"}
+    assert len(_read(tmp_path / "out")) == 5
+
+
+def test_flip_tta_is_the_union_of_both_passes_after_nms(det_teacher, digit_scenes_data_dir):
+    det_teacher.set_score_threshold(0.3)
+    ds = labeler.load_unlabeled(UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir)
+    images = [e[ex.IMAGE].numpy() for e in ds.take(4)]
+    plain = det_teacher.predict_images(images)
+    mirrored = det_teacher.predict_images([im[:, ::-1] for im in images])
+    tta = det_teacher.predict_images(images, flip_tta=True)
+    for image, p, m, t in zip(images, plain, mirrored, tta):
+        want = teacher_lib.merge_flip_detections(p, m, image.shape[1])
+        np.testing.assert_allclose(t["boxes"], want["boxes"], atol=1e-3)
+        np.testing.assert_array_equal(t["classes"], want["classes"])
+    assert sum(len(t["boxes"]) for t in tta) > sum(len(p["boxes"]) for p in plain) > 0
+
+
+def test_classwise_nms_and_flip_merge():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]], float)
+    keep = teacher_lib.nms_classwise(boxes, [0.9, 0.8, 0.7, 0.6], [1, 1, 2, 1])
+    assert keep.tolist() == [0, 2, 3]  # box 1 overlaps box 0 of its class; box 2 is class 2
+    plain = {"boxes": np.array([[0, 0, 10, 10]], np.float32), "classes": np.array([3]),
+             "scores": np.array([0.6], np.float32)}
+    # The same object seen in the flipped image of width 100 (x mirrored) scores higher.
+    flipped = {"boxes": np.array([[90, 0, 100, 10], [0, 0, 5, 5]], np.float32),
+               "classes": np.array([3, 4]), "scores": np.array([0.8, 0.5], np.float32)}
+    merged = teacher_lib.merge_flip_detections(plain, flipped, 100)
+    np.testing.assert_allclose(merged["boxes"], [[0, 0, 10, 10], [95, 0, 100, 5]])
+    np.testing.assert_allclose(merged["scores"], [0.8, 0.5])
+
+
+def test_segmentation_low_confidence_is_ignore(segmentation_teacher_dir, tmp_path,
+                                               digit_scenes_data_dir):
+    teacher = teacher_lib.load_teacher(segmentation_teacher_dir)
+    manifest = labeler.pseudo_label(teacher, UNLABELED, str(tmp_path), split="unlabeled",
+                                    data_dir=digit_scenes_data_dir, pixel_threshold=0.7,
+                                    progress=False, num_output_shards=2)
+    got = _read(tmp_path)
+    assert len(got) == NUM_UNLABELED
+    ds = labeler.load_unlabeled(UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir).take(3)
+    for e in ds:
+        pred = teacher.predict_images([e[ex.IMAGE].numpy()])[0]
+        want = np.where(pred["confidence"] >= 0.7, pred["mask"], 255)
+        record = got[e[ex.SOURCE_ID].numpy()]
+        np.testing.assert_array_equal(record[ex.MASK][..., 0], want)
+        np.testing.assert_allclose(record["mean_confidence"], pred["confidence"].mean(),
+                                   rtol=1e-5)
+    assert 0.05 < manifest["kept_fraction"] < 0.95  # the threshold bites both ways
+    loaded = records.load_pseudo_labels(str(tmp_path), "segmentation")
+    ex.check_example_spec(loaded.element_spec)
+    assert set(loaded.element_spec) == {ex.IMAGE, ex.SOURCE_ID, ex.MASK}
+    with pytest.raises(ValueError, match="not detection"):
+        records.load_pseudo_labels(str(tmp_path), "detection")
+    tta = teacher.predict_images([e[ex.IMAGE].numpy() for e in ds.take(1)], flip_tta=True)[0]
+    assert tta["mask"].shape == (128, 128) and np.all(tta["confidence"] <= 1.0)
+
+
+def test_cli_runs_and_rejects_bad_flags(detection_teacher_dir, tmp_path, digit_scenes_data_dir):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    base = [sys.executable, "-m", "rethink_tf.pseudo_label", f"--teacher={detection_teacher_dir}",
+            f"--unlabeled={UNLABELED}", f"--data_dir={digit_scenes_data_dir}",
+            f"--output={tmp_path / 'cli'}"]
+    bad = subprocess.run(base + ["--score_threshold=1.5"], capture_output=True, text=True,
+                         env=env, cwd=root, timeout=300)
+    assert bad.returncode != 0 and "score_threshold must be in [0, 1]" in bad.stderr
+    assert not (tmp_path / "cli").exists()
+    good = subprocess.run(base + ["--num_output_shards=2", "--quality"], capture_output=True,
+                          text=True, env=env, cwd=root, timeout=600)
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert records.read_manifest(str(tmp_path / "cli"))["num_images"] == NUM_UNLABELED
+    assert (tmp_path / "cli" / "quality.json").exists()
