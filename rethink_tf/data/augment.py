@@ -337,8 +337,9 @@ def resize_and_crop(state, output_size, scale_min=1.0, scale_max=1.0):
 
     Returns:
       The example at `output_size`, with `image_info` float32 [4, 2] as tf-models-official
-      defines it ([[orig_h, orig_w], [scaled_h, scaled_w], [y_scale, x_scale],
-      [y_offset, x_offset]]), which maps predictions back to original pixels.
+      defines it: [[orig_h, orig_w], [output_h, output_w], [y_scale, x_scale],
+      [y_offset, x_offset]]; the resized image is round(orig * scale) before crop/pad, and
+      the scale and offset map predictions back to original pixels.
     """
     output_size = list(output_size)
     image, image_info = preprocess_ops.resize_and_crop_image(
