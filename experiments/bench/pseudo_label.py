@@ -1,0 +1,118 @@
+r"""Pseudo-labeling benchmark: images/s against the bare model, and peak memory vs data size.
+
+  python experiments/bench/pseudo_label.py --workdir=/tmp/bench_pl [--images=1000,10000]
+
+1. Builds a teacher workdir with the default detection config's model
+   (`experiments/configs/detection.py`: RetinaNet, resnet_small, 128 px) and random weights.
+2. Bare model: the same compiled forward + decode as the teacher on preloaded float32 tensors
+   (no input pipeline, no post-processing, no writing), batch 32.
+3. Pseudo-labeling: `labeler.pseudo_label` over the first N `digit_scenes/detection`
+   `unlabeled` images (decode, resize, model, NMS, PNG encode, TFRecord write), batch 32,
+   each N in a fresh process, reporting images/s and peak RSS (`ru_maxrss`).
+Prints one JSON line per measurement; see PSEUDO.md for results.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def _make_teacher(workdir):
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    from rethink_tf.training import checkpoints
+    from rethink_tf.training import config as config_lib
+    from rethink_tf.training import optimizer as optimizer_lib
+    from rethink_tf.training import tasks
+    import keras  # pylint: disable=g-import-not-at-top
+    if os.path.exists(os.path.join(workdir, "checkpoints", "checkpoint")):
+        return
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
+                        "detection.py")
+    spec = importlib.util.spec_from_file_location("detection_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config_lib.save(config, workdir)
+    keras.utils.set_random_seed(0)
+    model = tasks.build_model(config, tasks.num_classes(config))
+    optimizer = optimizer_lib.build_optimizer(config.train)
+    optimizer.build(model.trainable_variables)
+    checkpoints.CheckpointManager(workdir, model=model, optimizer=optimizer).save(1)
+
+
+def bare(workdir, num_images, batch_size):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
+    from rethink_tf.pseudo import teacher as teacher_lib
+    teacher = teacher_lib.load_teacher(workdir)
+    teacher.set_score_threshold(0.5)
+    teacher._sync_decoder()  # pylint: disable=protected-access
+    images = tf.constant(np.random.RandomState(0).uniform(
+        0, 255, (batch_size,) + teacher.image_size + (3,)).astype(np.float32))
+    forward = teacher._forward  # pylint: disable=protected-access
+    tf.nest.map_structure(lambda t: t.numpy(), forward(images))  # trace + warm up
+    batches = max(num_images // batch_size, 1)
+    start = time.perf_counter()
+    for _ in range(batches):
+        tf.nest.map_structure(lambda t: t.numpy(), forward(images))
+    seconds = time.perf_counter() - start
+    return {"what": "bare_model", "images": batches * batch_size,
+            "images_per_s": batches * batch_size / seconds}
+
+
+def label(workdir, output, num_images, batch_size):
+    import shutil  # pylint: disable=g-import-not-at-top
+    from rethink_tf.pseudo import labeler
+    from rethink_tf.pseudo import teacher as teacher_lib
+    shutil.rmtree(output, ignore_errors=True)
+    teacher = teacher_lib.load_teacher(workdir)
+    examples = labeler.load_unlabeled("digit_scenes/detection", "unlabeled").take(num_images)
+    # Warm up (trace) on a few images outside the timing, as the bare model is.
+    list(teacher.predict_stream(examples.take(batch_size), batch_size=batch_size))
+    start = time.perf_counter()
+    manifest = labeler.pseudo_label(teacher, examples, output, score_threshold=0.5,
+                                    batch_size=batch_size, progress=False, labeled_counts=None)
+    seconds = time.perf_counter() - start
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"what": "pseudo_label", "images": manifest["num_images"],
+            "images_per_s": manifest["num_images"] / seconds, "seconds": seconds,
+            "peak_rss_mb": rss_mb, "num_boxes": manifest["num_boxes"]}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", default="/tmp/bench_pseudo_label")
+    parser.add_argument("--images", default="1000,10000")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--child", default="")
+    args = parser.parse_args()
+    teacher_dir = os.path.join(args.workdir, "teacher")
+    if args.child:
+        kind, n = args.child.split(":")
+        if kind == "bare":
+            result = bare(teacher_dir, int(n), args.batch_size)
+        else:
+            result = label(teacher_dir, os.path.join(args.workdir, f"pseudo_{n}"), int(n),
+                           args.batch_size)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    os.makedirs(args.workdir, exist_ok=True)
+    _make_teacher(teacher_dir)
+    sizes = [int(s) for s in args.images.split(",")]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    # Bare model and the smallest labeling run back to back, so load is similar for both.
+    for child in [f"bare:{sizes[0]}"] + [f"label:{n}" for n in sizes]:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--workdir={args.workdir}",
+                              f"--batch_size={args.batch_size}", f"--child={child}"],
+                             capture_output=True, text=True, env=env, cwd=root, check=True)
+        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
+        print(json.dumps({**json.loads(line[7:]), "load_average": os.getloadavg()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
