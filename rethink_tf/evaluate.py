@@ -19,6 +19,8 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     del argv
+    from rethink_tf import cli  # pylint: disable=g-import-not-at-top
+    cli.quiet_logs()
     from rethink_tf.training import trainer  # pylint: disable=g-import-not-at-top
     metrics = trainer.evaluate_workdir(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value,
                                        _NUM_IMAGES.value)

@@ -24,6 +24,8 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     del argv
+    from rethink_tf import cli  # pylint: disable=g-import-not-at-top
+    cli.quiet_logs()
     from rethink_tf.training import self_training  # pylint: disable=g-import-not-at-top
     self_training.run(_CONFIG.value, _WORKDIR.value, rounds=_ROUNDS.value,
                       quality_images=_QUALITY_IMAGES.value)

@@ -17,6 +17,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    from rethink_tf import cli  # pylint: disable=g-import-not-at-top
+    cli.quiet_logs()
     from rethink_tf.training import trainer  # pylint: disable=g-import-not-at-top
     config = _CONFIG.value
     if config.self_training.pseudo_labels:

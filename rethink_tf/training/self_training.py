@@ -5,6 +5,7 @@
   DIR/student/          the student's workdir
   DIR/round<k>/...      with rounds > 1: pseudo/ and student/ of round k (the previous student
                         is the next teacher)
+  DIR/serving/<task>/1  the final student as a SavedModel for TF Serving
   DIR/report.md         teacher vs student table and pseudo-label quality
   DIR/pipeline.json     the same numbers, machine-readable
 
@@ -119,12 +120,25 @@ def run(config, workdir, rounds=1, quality_images=1000):
                                   "pseudo_dir": pseudo_dir, "student_dir": student_dir,
                                   "student": metrics, "pseudo": _pseudo_summary(pseudo)})
         teacher_dir = student_dir
+    start = _stage("export")
+    summary["export"] = export_stage(teacher_dir, os.path.join(workdir, "serving", config.task))
+    summary["timings_s"]["export"] = time.time() - start
     with open(os.path.join(workdir, "pipeline.json"), "w") as f:
         json.dump(summary, f, indent=2, default=float)
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(render_report(config, summary))
     print(f"\nreport: {os.path.join(workdir, 'report.md')}", flush=True)
     return summary
+
+
+def export_stage(student_dir, base):
+    """Exports the final student as `base/1` unless a version is already there."""
+    from rethink_tf.serving import export  # pylint: disable=g-import-not-at-top
+    if os.path.isdir(base):
+        versions = sorted(int(v) for v in os.listdir(base) if v.isdigit())
+        if versions:
+            return os.path.join(base, str(versions[-1]))
+    return export.export(student_dir, base)
 
 
 def _metrics(metrics):
@@ -196,6 +210,8 @@ def render_report(config, summary):
     times = summary["timings_s"]
     lines += ["## Time", ""] + [f"- {k}: {v / 60:.1f} min" for k, v in times.items()]
     lines.append(f"- total: {sum(times.values()) / 60:.1f} min")
+    if summary.get("export"):
+        lines += ["", f"Final student exported for TF Serving: `{summary['export']}`."]
     return "\n".join(lines) + "\n"
 
 

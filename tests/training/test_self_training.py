@@ -41,6 +41,7 @@ def test_pipeline_runs_every_stage_and_resumes(task, tmp_path, digit_scenes_data
     assert "| teacher |" in report and "| student (round 1) |" in report and metric in report
     assert os.path.exists(os.path.join(workdir, "pseudo", "quality.json"))
     assert summary["rounds"][0]["student"]["step"] == 2
+    assert os.path.exists(os.path.join(workdir, "serving", task, "1", "saved_model.pb"))
 
     # Re-running resumes: nothing is retrained or relabelled.
     shards = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(workdir, "pseudo", "*"))}
