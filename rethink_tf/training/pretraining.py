@@ -13,6 +13,7 @@ weights do not depend on the image size (convolutions and batch norm only), so a
 pre-trained at 64 px loads into a detector at 128 px.
 """
 
+import json
 import os
 
 import keras
@@ -45,6 +46,11 @@ def run(config, workdir):
     if is_simclr(config):
         return simclr_pretrain(config, workdir)
     return pretrain(config, workdir)
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
 
 
 def backbone_weights_path(workdir):
@@ -237,9 +243,8 @@ def simclr_pretrain(config, workdir, extra_callbacks=()):
     if chief:
         backbones.save_backbone_weights(model.backbone, path)
         print(f"Backbone weights written to {path}", flush=True)
-    if os.path.exists(metrics_path) and trainer._recorded_step(metrics_path) == step:  # pylint: disable=protected-access
-        record = trainer._read_json(metrics_path)  # pylint: disable=protected-access
-    else:
+    record = _read_json(metrics_path) if os.path.exists(metrics_path) else {}
+    if record.get("step") != step:
         probe = linear_probe(model.backbone, config)
         print(f"linear probe @ step {step}: top1={probe['top1']:.4f} "
               f"(train {probe['train_top1']:.4f})", flush=True)
@@ -347,7 +352,6 @@ def probe_workdir(workdir, config=None):
     Returns:
       The probe's metrics (see `linear_probe`), also written to `workdir/probe.json`.
     """
-    import json  # pylint: disable=g-import-not-at-top
     config = config or config_lib.load(workdir)
     path = backbone_weights_path(workdir)
     meta_path = path[: -len(".weights.h5")] + ".backbone.json"

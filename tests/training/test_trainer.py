@@ -194,6 +194,7 @@ def test_distributed_step_matches_single_device(task, digit_scenes_data_dir):
     config.train.weight_decay = 0.0
     config.train.warmup_steps = 0
     config.train.learning_rate = 0.01
+    config.train.clipnorm = 0.05  # small enough that clipping is active: it must be global
     info = tasks.dataset_info(config)
     batch = next(iter(tasks.train_dataset(config, info, 4)))
     results = []
