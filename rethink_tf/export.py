@@ -39,6 +39,8 @@ flags.register_validator("max_detections", lambda v: v is None or v > 0,
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from rethink_tf import cli  # pylint: disable=g-import-not-at-top
+    cli.quiet_logs()
     from rethink_tf.serving import export  # pylint: disable=g-import-not-at-top
     path = export.export(_WORKDIR.value, _OUTPUT.value, version=_VERSION.value,
                          checkpoint=_CHECKPOINT.value, score_threshold=_SCORE_THRESHOLD.value,

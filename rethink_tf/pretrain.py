@@ -28,6 +28,8 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
     del argv
+    from rethink_tf import cli  # pylint: disable=g-import-not-at-top
+    cli.quiet_logs()
     from rethink_tf.training import pretraining  # pylint: disable=g-import-not-at-top
     if _PROBE_ONLY.value:
         metrics = pretraining.probe_workdir(_WORKDIR.value, _CONFIG.value)

@@ -64,8 +64,17 @@ def bare(workdir, num_images, batch_size):
             "images_per_s": batches * batch_size / seconds}
 
 
+def _rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def label(workdir, output, num_images, batch_size):
     import shutil  # pylint: disable=g-import-not-at-top
+    import threading
     from rethink_tf.pseudo import labeler
     from rethink_tf.pseudo import teacher as teacher_lib
     shutil.rmtree(output, ignore_errors=True)
@@ -73,14 +82,26 @@ def label(workdir, output, num_images, batch_size):
     examples = labeler.load_unlabeled("digit_scenes/detection", "unlabeled").take(num_images)
     # Warm up (trace) on a few images outside the timing, as the bare model is.
     list(teacher.predict_stream(examples.take(batch_size), batch_size=batch_size))
+    samples, stop = [], threading.Event()
+
+    def sample():  # RSS over time: a plateau is flat memory, a ramp is a leak
+        while not stop.wait(2.0):
+            samples.append(round(_rss_mb()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
     start = time.perf_counter()
+    sampler.start()
     manifest = labeler.pseudo_label(teacher, examples, output, score_threshold=0.5,
                                     batch_size=batch_size, progress=False, labeled_counts=None)
     seconds = time.perf_counter() - start
+    stop.set()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    deciles = [samples[int(i * (len(samples) - 1) / 10)] for i in range(11)] if samples else []
     return {"what": "pseudo_label", "images": manifest["num_images"],
             "images_per_s": manifest["num_images"] / seconds, "seconds": seconds,
-            "peak_rss_mb": rss_mb, "num_boxes": manifest["num_boxes"]}
+            "peak_rss_mb": rss_mb, "rss_mb_over_time_deciles": deciles,
+            "num_boxes": manifest["num_boxes"],
+            "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")}
 
 
 def main():
@@ -103,7 +124,7 @@ def main():
     os.makedirs(args.workdir, exist_ok=True)
     _make_teacher(teacher_dir)
     sizes = [int(s) for s in args.images.split(",")]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")  # MALLOC_ARENA_MAX passes through
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
     # Bare model and the smallest labeling run back to back, so load is similar for both.
     for child in [f"bare:{sizes[0]}"] + [f"label:{n}" for n in sizes]:

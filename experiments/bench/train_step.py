@@ -25,8 +25,9 @@ Loss constants are set equal (focal alpha 0.25, gamma 2; Huber delta 1 = smooth-
 weight 1); the official defaults (gamma 1.5, delta 0.1, box weight 50) cost the same compute.
 
 Measurement: each side is built and warmed up (`--warmup` steps, which include tracing), then
-`--repeats` rounds run `--steps` timed steps per side, alternating the order each round
-(ours, peer / peer, ours / ...) so machine load hits both alike; images/s = steps * batch / wall
+`--repeats` rounds run `--steps` timed steps per side, the sides alternating every `--chunk`
+steps (ours, peer, ours, peer, ...; the first side swapped each round) so machine load hits
+both alike; images/s = steps * batch / wall
 seconds, medians reported. `--profile` also times parts of a step on both sides (label
 encoding, forward, forward+loss, forward+loss+backward) with the same alternation.
 """
@@ -346,21 +347,36 @@ def _load():
 
 
 def measure(sides, args):
+    """Warm-up, then `repeats` rounds of `steps` steps per side.
+
+    Within a round the sides alternate in chunks of `--chunk` steps (ours, peer, ours, ...,
+    the first side swapped every round), so load changes on this shared machine hit both
+    alike; a side's round time is the sum of its chunks.
+    """
     for side in sides:
         t = side.train(args.warmup)
         print(f"  warm-up {side.name}: {args.warmup} steps in {t:.1f} s "
               f"(loss {side.last_loss:.3f})", flush=True)
+    chunk = max(1, min(args.chunk or args.steps, args.steps))
     rounds = []
     for r in range(args.repeats):
         order = sides if r % 2 == 0 else sides[::-1]
+        seconds = {side.name: 0.0 for side in sides}
+        loads = []
+        done = 0
+        while done < args.steps:
+            n = min(chunk, args.steps - done)
+            for side in order:
+                loads.append(_load()[0])
+                seconds[side.name] += side.train(n)
+            done += n
         for side in order:
-            load = _load()[0]
-            seconds = side.train(args.steps)
-            ips = args.steps * args.batch_size / seconds
-            rounds.append({"round": r, "side": side.name, "seconds": seconds,
-                           "images_per_s": ips, "loss": side.last_loss, "load1": load})
-            print(f"  round {r} {side.name}: {ips:6.2f} img/s ({seconds:.2f} s, "
-                  f"loss {side.last_loss:.3f}, load {load:.2f})", flush=True)
+            ips = args.steps * args.batch_size / seconds[side.name]
+            rounds.append({"round": r, "side": side.name, "seconds": seconds[side.name],
+                           "images_per_s": ips, "loss": side.last_loss,
+                           "load1_mean": float(np.mean(loads))})
+            print(f"  round {r} {side.name}: {ips:6.2f} img/s ({seconds[side.name]:.2f} s, "
+                  f"loss {side.last_loss:.3f}, load {np.mean(loads):.2f})", flush=True)
     return rounds
 
 
@@ -392,6 +408,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--chunk", type=int, default=5,
+                   help="alternate the sides every CHUNK steps within a round (0: whole round)")
     p.add_argument("--max_level", type=int, default=5)
     p.add_argument("--anchor_sizes", type=float, nargs="+", default=[16.0, 32.0, 64.0])
     # Defaults of experiments/configs/detection.py (rethink_tf.training.config.base_config).

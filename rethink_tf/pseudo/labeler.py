@@ -180,7 +180,8 @@ class _ShardSink:
 def _encode_fn(image_format, num_output_shards):
     def encode(example):
         image = example[ex.IMAGE]
-        data = (tf.io.encode_png(image) if image_format == "png"
+        data = (tf.io.encode_png(image, compression=records.PNG_COMPRESSION)
+                if image_format == "png"
                 else tf.io.encode_jpeg(image, quality=95))
         return {"encoded": data,
                 "shard": records.shard_of(example[ex.SOURCE_ID], num_output_shards)}
