@@ -116,19 +116,31 @@ class PredictionHead(keras.layers.Layer):
         bias_initializer: initializer of the output bias (the focal-loss prior for classes).
         filters: width of the hidden convolutions.
         depth: number of hidden convolutions.
+        norm: "none" (Keras-CV's head) or "group": GroupNormalization after each hidden
+            convolution. Training from random initialisation needs normalised heads (He et al.,
+            "Rethinking ImageNet Pre-training"); group norm has no batch statistics, so one
+            layer serves every pyramid level, and it does not depend on the batch size.
     """
 
     def __init__(self, output_filters, bias_initializer="zeros", filters=256, depth=3,
-                 **kwargs):
+                 norm="none", **kwargs):
         super().__init__(**kwargs)
+        if norm not in ("none", "group"):
+            raise ValueError(f"PredictionHead norm must be 'none' or 'group', got {norm!r}")
         self.output_filters = output_filters
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.filters = filters
         self.depth = depth
+        self.norm = norm
         normal = keras.initializers.RandomNormal(stddev=0.01)
-        self.hidden = [keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
+        self.hidden = [keras.layers.Conv2D(filters, 3, padding="same",
+                                           activation="relu" if norm == "none" else None,
                                            kernel_initializer=normal, name=f"hidden_{i}")
                        for i in range(depth)]
+        self.norms = [keras.layers.GroupNormalization(groups=min(32, filters // 4) or 1,
+                                                      name=f"hidden_norm_{i}")
+                      for i in range(depth)] if norm == "group" else []
+        _track_by_name(self, self.norms)
         self.prediction = keras.layers.Conv2D(output_filters, 3, padding="same",
                                               kernel_initializer=normal,
                                               bias_initializer=self.bias_initializer,
@@ -137,15 +149,19 @@ class PredictionHead(keras.layers.Layer):
 
     def build(self, input_shape):
         shape = (None, None, None, input_shape[-1])
-        for layer in self.hidden:
+        for i, layer in enumerate(self.hidden):
             layer.build(shape)
             shape = (None, None, None, self.filters)
+            if self.norms:
+                self.norms[i].build(shape)
         self.prediction.build(shape)
         self.built = True
 
     def call(self, x):
-        for layer in self.hidden:
+        for i, layer in enumerate(self.hidden):
             x = layer(x)
+            if self.norms:
+                x = ops.relu(self.norms[i](x))
         return self.prediction(x)
 
     def compute_output_shape(self, input_shape):
@@ -154,7 +170,7 @@ class PredictionHead(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "output_filters": self.output_filters,
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "filters": self.filters, "depth": self.depth}
+                "filters": self.filters, "depth": self.depth, "norm": self.norm}
 
 
 def _as_pair(data):
@@ -191,8 +207,8 @@ class Detector(keras_cv.models.RetinaNet):
         """
         del sample_weight, kwargs
         y = keras_cv.bounding_box.convert_format(
-            y, source=self.bounding_box_format, target=self.label_encoder.bounding_box_format,
-            images=x)
+            trim_box_padding(y), source=self.bounding_box_format,
+            target=self.label_encoder.bounding_box_format, images=x)
         boxes, classes = self.label_encoder(x, y)
         cls_labels = ops.one_hot(ops.cast(classes, "int32"), self.num_classes, dtype="float32")
         positive = ops.cast(ops.greater(classes, -1.0), "float32")
@@ -264,7 +280,8 @@ def build_detector(backbone_name, num_classes, image_size, *, backbone_kwargs=No
                    anchor_aspect_ratios=DEFAULT_ASPECT_RATIOS, fpn_filters=256,
                    head_filters=256, head_depth=3, positive_threshold=0.5,
                    negative_threshold=0.4, score_threshold=0.05, max_detections=100,
-                   nms_iou_threshold=0.5, name="retinanet", model_class=None):
+                   nms_iou_threshold=0.5, name="retinanet", model_class=None,
+                   head_norm="none"):
     """Builds a Keras-CV `RetinaNet` (FPN, focal + smooth-L1/Huber losses) in xyxy.
 
     Compile it with `model.compile(optimizer, box_loss="smoothl1"|"huber",
@@ -290,6 +307,8 @@ def build_detector(backbone_name, num_classes, image_size, *, backbone_kwargs=No
         max_detections: prediction decoder boxes per image.
         nms_iou_threshold: NMS IoU threshold.
         name: model name.
+        head_norm: "none" or "group" normalisation in the class and box subnets (see
+            `PredictionHead`).
         model_class: a subclass of `Detector` to instantiate (e.g. the self-training student's,
             which adds its train_step); default `Detector`.
 
@@ -329,9 +348,10 @@ def build_detector(backbone_name, num_classes, image_size, *, backbone_kwargs=No
                                                    nms_iou_threshold),
         feature_pyramid=FeaturePyramid(fpn_filters, max_level, name="feature_pyramid"),
         classification_head=PredictionHead(num_anchors * num_classes, prior, head_filters,
-                                           head_depth, name="classification_head"),
+                                           head_depth, norm=head_norm,
+                                           name="classification_head"),
         box_head=PredictionHead(num_anchors * 4, "zeros", head_filters, head_depth,
-                                name="box_head"),
+                                norm=head_norm, name="box_head"),
         name=name)
     return model
 
@@ -341,14 +361,27 @@ def slice_predictions(y_pred, start, stop):
     return {key: value[start:stop] for key, value in y_pred.items()}
 
 
+def trim_box_padding(y_true):
+    """Drops the padding columns beyond the batch's largest count of real boxes.
+
+    Keras-CV's label encoder computes an [B, anchors, max_boxes] IoU matrix; batches padded to
+    100 boxes for a dataset with at most a handful per image waste most of that work.
+    Assumes padding rows (class -1) come after the real ones, as the pipelines write them.
+    """
+    classes = ops.cast(y_true["classes"], "float32")
+    count = ops.max(ops.sum(ops.cast(classes >= 0, "int32"), axis=1))
+    count = ops.maximum(count, 1)  # keep one (padding) column for box-less batches
+    return {"boxes": ops.cast(y_true["boxes"], "float32")[:, :count],
+            "classes": classes[:, :count]}
+
+
 def encode_detection_targets(model, images, y_true):
     """Anchor targets of a batch: box deltas [B, A, 4] and classes [B, A].
 
     Classes are 0..C-1 for positive anchors, -1 for background and -2 for ignored anchors
     (IoU between the two thresholds). `images` only supplies the image shape.
     """
-    y_true = {"boxes": ops.cast(y_true["boxes"], "float32"),
-              "classes": ops.cast(y_true["classes"], "float32")}
+    y_true = trim_box_padding(y_true)
     y_true = keras_cv.bounding_box.convert_format(
         y_true, source=model.bounding_box_format,
         target=model.label_encoder.bounding_box_format, images=images)

@@ -88,9 +88,14 @@ def default_split(name: str) -> str:
 
 def load_unlabeled(name: str, split: str | None = None, *, data_dir=None, skip_counter=None):
     """A source's images and ids only (labels, e.g. hidden ground truth, are dropped)."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
     split = split or default_split(name)
-    ds = sources.load(name, split, data_dir=data_dir, skip_counter=skip_counter)
+    # TFDS caches a split under 250 MiB in memory while it is read (autocache); a stream
+    # read once must not, or memory grows with the data (experiments/bench/PSEUDO.md).
+    read_config = tfds.ReadConfig(try_autocache=False)
+    ds = sources.load(name, split, data_dir=data_dir, skip_counter=skip_counter,
+                      read_config=read_config)
     return _images_only(ds)
 
 

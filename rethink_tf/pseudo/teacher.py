@@ -174,8 +174,7 @@ class Teacher:
             return out
 
         batches = examples.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        # A fixed prefetch: with AUTOTUNE, tf.data grows the buffer while the consumer waits
-        # and RSS ramped ~70 MB per 1000 images (experiments/bench/PSEUDO.md).
+        # A fixed, small prefetch keeps memory bounded by a few batches.
         batches = batches.ragged_batch(batch_size).prefetch(2)
         for batch in batches:
             predictions = self.predict(batch, flip_tta)

@@ -47,6 +47,7 @@ def base_config(task="detection"):
     c.model.fpn_filters = 64
     c.model.head_filters = 64
     c.model.head_depth = 2
+    c.model.head_norm = "none"  # none | group: normalised class/box subnets (detection)
     c.model.aspp_filters = 64  # segmentation: ASPP width (256 in the paper)
     c.model.projection_filters = 32  # segmentation: projected low-level (P2) features
     c.model.box_loss = "smoothl1"

@@ -54,7 +54,7 @@ def build_model(config, n_classes, model_class_fn=None):
             max_level=m.max_level, anchor_sizes=tuple(m.anchor_sizes),
             fpn_filters=m.fpn_filters, head_filters=m.head_filters, head_depth=m.head_depth,
             score_threshold=m.eval_score_threshold, max_detections=m.max_detections,
-            model_class=wrap(detector.Detector))
+            model_class=wrap(detector.Detector), head_norm=m.get("head_norm", "none"))
     elif config.task == "segmentation":
         model = segmenter.build_segmenter(
             m.backbone, n_classes, size, backbone_kwargs=backbone_kwargs,

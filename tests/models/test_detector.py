@@ -160,3 +160,31 @@ def test_model_only_tf_checkpoint_restores_every_weight(tmp_path):
     tf.train.Checkpoint(model=target).restore(path).assert_existing_objects_matched()
     for a, b in zip(source.get_weights(), target.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_group_norm_heads_build_train_and_checkpoint(tmp_path):
+    import numpy as np  # pylint: disable=g-import-not-at-top,reimported
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top,reimported
+    from rethink_tf.models import detector as det  # pylint: disable=g-import-not-at-top
+    model = det.build_detector("resnet_tiny", 3, 64, max_level=5, anchor_sizes=(16, 32, 64),
+                               fpn_filters=8, head_filters=8, head_depth=2, head_norm="group")
+    out = model(tf.zeros([2, 64, 64, 3]))
+    assert out["classification"].shape[-1] == 3
+    names = [w.path for w in model.weights]
+    assert any("hidden_norm_0" in n for n in names)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "c"))
+    assert any("hidden_norm" in n for n, _ in tf.train.list_variables(path))
+    with pytest.raises(ValueError, match="norm must be 'none' or 'group'"):
+        det.PredictionHead(4, norm="batch")
+
+
+def test_trim_box_padding_keeps_every_real_box():
+    import numpy as np  # pylint: disable=g-import-not-at-top,reimported
+    from rethink_tf.models import detector as det  # pylint: disable=g-import-not-at-top
+    classes = np.array([[1, 2, -1, -1, -1], [0, -1, -1, -1, -1]], np.float32)
+    boxes = np.arange(40, dtype=np.float32).reshape(2, 5, 4)
+    out = det.trim_box_padding({"boxes": boxes, "classes": classes})
+    np.testing.assert_array_equal(np.asarray(out["classes"]), classes[:, :2])
+    np.testing.assert_array_equal(np.asarray(out["boxes"]), boxes[:, :2])
+    empty = det.trim_box_padding({"boxes": boxes, "classes": -np.ones_like(classes)})
+    assert np.asarray(empty["classes"]).shape == (2, 1)
