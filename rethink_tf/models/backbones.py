@@ -269,6 +269,9 @@ def set_synchronized_batchnorm(model, synchronized=True):
     return count
 
 
+_BY_PATH = "variables_by_path"
+
+
 def _metadata_path(weights_path):
     return weights_path[: -len(".weights.h5")] + ".backbone.json"
 
@@ -292,7 +295,14 @@ def save_backbone_weights(backbone, path):
     if not path.endswith(".weights.h5"):
         raise ValueError(f"backbone weights path must end in '.weights.h5', got '{path}'")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    backbone.save_weights(path)
+    import h5py  # pylint: disable=g-import-not-at-top
+    # Keyed by variable path (not Keras's creation-order layer names), so a backbone built
+    # with extra weightless layers (stochastic depth) loads the same file.
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        for variable in backbone.weights:
+            f.create_dataset(f"{_BY_PATH}/{variable.path}", data=variable.numpy())
+    os.replace(tmp, path)
     meta = {"backbone": backbone_name(backbone), "class": type(backbone).__name__,
             "variables": _variable_specs(backbone)}
     meta_path = _metadata_path(path)
@@ -304,7 +314,7 @@ def save_backbone_weights(backbone, path):
 def load_backbone_weights(backbone, path):
     """Loads weights written by `save_backbone_weights` into `backbone`, in place.
 
-    The architectures are compared variable by variable (in order, by shape) before anything is
+    The architectures are compared variable by variable (by path and shape) before anything is
     loaded, so a mismatch leaves `backbone` untouched.
 
     Args:
@@ -322,18 +332,40 @@ def load_backbone_weights(backbone, path):
                                 "not found (write them with save_backbone_weights)")
     with open(meta_path) as f:
         meta = json.load(f)
-    saved = meta["variables"]
-    target = _variable_specs(backbone)
+    saved = {name: list(shape) for name, shape in meta["variables"]}
+    target = {name: list(shape) for name, shape in _variable_specs(backbone)}
     names = f"saved '{meta['backbone']}' vs target '{backbone_name(backbone)}'"
-    for i, (saved_spec, target_spec) in enumerate(zip(saved, target)):
-        if list(saved_spec[1]) != list(target_spec[1]):
-            raise ValueError(
-                f"backbone architecture mismatch ({names}): variable #{i} saved "
-                f"'{saved_spec[0]}' {tuple(saved_spec[1])} vs target '{target_spec[0]}' "
-                f"{tuple(target_spec[1])}")
-    if len(saved) != len(target):
-        longer = saved if len(saved) > len(target) else target
+    # Compared by variable path, not position: stochastic depth adds layers (without weights)
+    # that change the functional graph's layer order but not the architecture.
+    for name, shape in target.items():
+        if name not in saved:
+            raise ValueError(f"backbone architecture mismatch ({names}): target variable "
+                             f"'{name}' {tuple(shape)} is not in the saved weights")
+        if saved[name] != shape:
+            raise ValueError(f"backbone architecture mismatch ({names}): variable '{name}' "
+                             f"saved {tuple(saved[name])} vs target {tuple(shape)}")
+    extra = sorted(set(saved) - set(target))
+    if extra:
         raise ValueError(f"backbone architecture mismatch ({names}): {len(saved)} saved "
                          f"variables vs {len(target)} in the target; first unmatched: "
-                         f"'{longer[min(len(saved), len(target))][0]}'")
-    backbone.load_weights(path)
+                         f"'{extra[0]}'")
+    _load_by_layer_name(backbone, path)
+
+
+def _load_by_layer_name(backbone, path):
+    """Assigns each variable from the dataset named by its path (see save_backbone_weights).
+
+    Files written by Keras's own `save_weights` (an earlier format) are loaded with it.
+    """
+    import h5py  # pylint: disable=g-import-not-at-top
+    with h5py.File(path, "r") as f:
+        if _BY_PATH not in f:
+            legacy = True
+        else:
+            legacy = False
+            values = [(v, f[f"{_BY_PATH}/{v.path}"][()]) for v in backbone.weights]
+    if legacy:
+        backbone.load_weights(path)
+        return
+    for variable, value in values:
+        variable.assign(value)
