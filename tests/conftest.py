@@ -3,6 +3,9 @@ import os
 
 # Quiet TensorFlow's C++ logging before any test imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests never read the user's ~/tensorflow_datasets: they run as on a clean CI machine.
+os.environ["TFDS_DATA_DIR"] = os.path.join(
+    os.environ.get("PYTEST_TMPDIR", "/tmp"), f"rethink_tf_tests_tfds_{os.getpid()}")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
