@@ -185,15 +185,16 @@ def render_report(config, summary):
         lines += [f"## Pseudo labels, round {r['round']}", ""]
         lines += [f"- {k}: {v}" for k, v in p.items()
                   if k.startswith("num_") or k.endswith("threshold") or k == "teacher"]
-        counts = p.get("class_counts")
-        if isinstance(counts, (list, dict)):
-            names = p.get("class_names") or [str(i) for i in range(len(counts))]
-            counts = [counts.get(n, 0) for n in names] if isinstance(counts, dict) else counts
-            labeled = p.get("labeled_class_counts") or [""] * len(names)
-            if isinstance(labeled, dict):
-                labeled = [labeled.get(n, "") for n in names]
-            lines += ["", "| class | pseudo boxes | labelled boxes |", "|---|---|---|"]
-            lines += [f"| {n} | {c} | {lab} |" for n, c, lab in zip(names, counts, labeled)]
+        per_class = p.get("per_class")
+        if isinstance(per_class, dict) and per_class:
+            # Pseudo labels drift to majority classes: counts next to the labelled set's.
+            lines += ["", "| class | pseudo boxes | pseudo share | labelled boxes | labelled share |",
+                      "|---|---|---|---|---|"]
+            for name, row in per_class.items():
+                lines.append(f"| {name} | {row.get('pseudo_boxes', '')} | "
+                             f"{_fmt(row.get('pseudo_fraction', ''))} | "
+                             f"{row.get('labeled_boxes', '')} | "
+                             f"{_fmt(row.get('labeled_fraction', ''))} |")
         quality = p.get("quality")
         if quality:
             lines += ["", "Quality against the hidden ground truth "
