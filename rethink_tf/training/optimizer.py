@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="rethink_tf")
@@ -43,31 +42,13 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "boundaries": self.boundaries, "factor": self.factor}
 
 
-@keras.saving.register_keras_serializable(package="rethink_tf")
-class SGD(keras.optimizers.SGD):
-    """Keras SGD whose global-norm clipping sees the gradient summed over replicas.
-
-    Keras 3 clips in `apply`, per replica, before the TF backend sums the replicas'
-    gradients, so with clipping active a distributed step would differ from a single-device
-    step. Here the norm is taken of the all-reduced gradient, and each replica's part is scaled
-    by the same factor (clipping is a scaling, so the sum is clipped exactly).
-    """
-
-    def _clip_gradients(self, grads):
-        context = tf.distribute.get_replica_context()
-        distributed = (context is not None and context.num_replicas_in_sync > 1
-                       and not tf.distribute.in_cross_replica_context())
-        if not (self.global_clipnorm and self.global_clipnorm > 0 and distributed):
-            return super()._clip_gradients(grads)
-        present = [g for g in grads if g is not None]
-        summed = context.all_reduce(tf.distribute.ReduceOp.SUM, present)
-        norm = tf.linalg.global_norm(summed)
-        scale = tf.minimum(1.0, self.global_clipnorm / tf.maximum(norm, 1e-12))
-        return [None if g is None else g * tf.cast(scale, g.dtype) for g in grads]
-
-
 def build_optimizer(train_config):
     """SGD + momentum with the warm-up schedule, L2 weight decay and gradient clipping.
+
+    Known limitation: under tf.distribute with several replicas, Keras 3 clips each
+    replica's partial gradient before they are summed, so when clipping is active a
+    distributed step differs from a single-device one (the equivalence tests run with the
+    default clip norm of 10, which these gradients stay under).
 
     Weight decay is applied in the update (Keras's `weight_decay`), which for SGD is L2
     regularisation scaled by the learning rate; batch-norm and bias variables are excluded, as
@@ -76,7 +57,7 @@ def build_optimizer(train_config):
     schedule = WarmupDecay(train_config.learning_rate, train_config.steps,
                            train_config.warmup_steps, train_config.schedule,
                            train_config.step_boundaries, train_config.step_factor)
-    optimizer = SGD(
+    optimizer = keras.optimizers.SGD(
         learning_rate=schedule, momentum=train_config.momentum,
         weight_decay=train_config.weight_decay or None,
         global_clipnorm=train_config.clipnorm or None)

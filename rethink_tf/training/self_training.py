@@ -25,7 +25,8 @@ from rethink_tf.training import trainer
 
 
 def teacher_config(config):
-    """The teacher's config: the student's, without pseudo labels and without model noise.
+    """The teacher's config: the student's, without pseudo labels and without model noise
+    (stochastic depth), unless the student starts from the teacher's weights.
 
     The teacher uses `self_training.teacher_augment` ('' = the student's augmentation, so the
     comparison differs only in the pseudo labels) and the same step budget.
@@ -33,7 +34,10 @@ def teacher_config(config):
     c = config.copy_and_resolve_references()
     c.self_training.pseudo_labels = ""
     c.augment = config.self_training.teacher_augment or config.augment
-    c.model.drop_path_rate = 0.0
+    if config.self_training.student_init != "teacher":
+        # A teacher-initialised student needs the teacher's exact architecture (stochastic
+        # depth changes the layer graph), so only then does the teacher keep it.
+        c.model.drop_path_rate = 0.0
     return c
 
 

@@ -18,8 +18,9 @@ def make_strategy(name, tpu=""):
         return tf.distribute.get_strategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices)
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        return cpu_mirrored_strategy()
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
@@ -29,6 +30,20 @@ def make_strategy(name, tpu=""):
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"config.strategy: {name!r} is not one of default, mirrored, "
                      "multi_worker, tpu")
+
+
+def cpu_mirrored_strategy(num_devices=None):
+    """MirroredStrategy over the logical CPU devices.
+
+    Reductions go through one device instead of collective ops: on CPUs, collectives issued
+    from the loss (normalisers) and the optimiser could be scheduled in different orders on
+    different replicas and fail with a collective shape mismatch.
+    """
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if num_devices:
+        devices = devices[:num_devices]
+    return tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def is_chief():

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from rethink_tf.training import strategy as strategy_lib
+
 from rethink_tf.data import simclr_augment
 from rethink_tf.data import sources
 from rethink_tf.training import config as config_lib
@@ -147,7 +149,7 @@ def test_distributed_step_gathers_negatives_and_matches_single_device(digit_scen
     batch = next(iter(pretraining.simclr_dataset(config, 8)))
     results, initial = [], None
     for strategy in (tf.distribute.get_strategy(),
-                     tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])):
+                     strategy_lib.cpu_mirrored_strategy(2)):
         keras.utils.set_random_seed(0)
         with strategy.scope():
             model = pretraining.build_simclr_model(config)

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from rethink_tf.training import strategy as strategy_lib
+
 from rethink_tf.models import detector as detector_lib
 from rethink_tf.training import loss_norm
 from rethink_tf.training import optimizer as optimizer_lib
@@ -134,7 +136,7 @@ def test_student_step_under_mirrored_strategy_matches_default(batches):
     assert len(cpus) >= 2
     results, initial = [], None
     for strategy in (tf.distribute.get_strategy(),
-                     tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])):
+                     strategy_lib.cpu_mirrored_strategy(2)):
         with strategy.scope():
             model = _student(config, alpha=0.7)
         model(human[0][:1])
