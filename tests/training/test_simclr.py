@@ -149,7 +149,9 @@ def test_distributed_step_gathers_negatives_and_matches_single_device(digit_scen
     batch = next(iter(pretraining.simclr_dataset(config, 8)))
     results, initial = [], None
     for strategy in (tf.distribute.get_strategy(),
-                     strategy_lib.cpu_mirrored_strategy(2)):
+                     # Collective all-reduce/all-gather: with ReductionToOneDevice this step
+                     # differs by up to 6e-3 in a few weights (open question, see notes).
+                     tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])):
         keras.utils.set_random_seed(0)
         with strategy.scope():
             model = pretraining.build_simclr_model(config)
