@@ -159,6 +159,9 @@ def test_every_experiment_config_loads_and_validates(config_file, digit_scenes_d
     if config.self_training.get("pseudo_labels"):
         config.self_training.pseudo_labels = digit_scenes_data_dir
     config_lib.validate(config)
+    # The config resolves to a dataset with the labels its task needs.
+    assert tasks.num_classes(config) > 0
+    assert config.train.steps > 0 and config.augment in config_lib.POLICIES
 
 
 @pytest.mark.parametrize("field,value,message", [
