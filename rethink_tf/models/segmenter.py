@@ -13,6 +13,7 @@ import keras
 import keras_cv
 
 from rethink_tf.models import backbones as backbones_lib
+from rethink_tf.models import tracking
 from rethink_tf.models.losses import IGNORE_LABEL
 from rethink_tf.models.losses import MaskedSparseCategoricalCrossentropy  # noqa: F401 (API)
 from rethink_tf.models.losses import masked_sparse_categorical_crossentropy
@@ -70,10 +71,13 @@ def build_segmenter(backbone_name, num_classes, image_size=None, *, backbone_kwa
     aspp = keras_cv.layers.SpatialPyramidPooling(
         dilation_rates=list(aspp_dilation_rates), num_channels=aspp_filters,
         dropout=aspp_dropout)
-    return (model_class or keras_cv.models.DeepLabV3Plus)(
+    model = (model_class or keras_cv.models.DeepLabV3Plus)(
         backbone=backbone, num_classes=num_classes, projection_filters=projection_filters,
         spatial_pyramid_pooling=aspp,
         segmentation_head=_segmentation_head(num_classes, head_filters), name=name)
+    # The ASPP keeps its branches in a list, out of TF checkpoints' reach (see tracking.py).
+    tracking.track_sublayer_lists(model)
+    return model
 
 
 def segmentation_loss(y_true, logits, ignore_label=IGNORE_LABEL):

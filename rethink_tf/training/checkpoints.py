@@ -27,6 +27,9 @@ class CheckpointManager:
         self.directory = os.path.join(workdir, "checkpoints")
         self.best_directory = os.path.join(self.directory, "best")
         self.checkpoint = tf.train.Checkpoint(**trackables)
+        model = trackables.get("model")
+        if model is not None:
+            assert_all_tracked(self.checkpoint, model)
         self._latest = tf.train.CheckpointManager(self.checkpoint, self.directory,
                                                   max_to_keep=keep, checkpoint_name="ckpt")
         self._best = tf.train.CheckpointManager(self.checkpoint, self.best_directory,
@@ -78,6 +81,24 @@ class CheckpointManager:
             json.dump({"metric": metric, "value": float(value), "step": int(step)}, f)
         os.replace(tmp, os.path.join(self.best_directory, "best.json"))
         return True
+
+
+def assert_all_tracked(checkpoint, model):
+    """Raises if a checkpoint of `checkpoint` would not save some variable of `model`.
+
+    Such a variable (a sub-layer's, held where TF's object graph does not look) would be left at
+    its initial value by every restore: resume, evaluation, export and pseudo-labeling would
+    silently use a different model than the one trained. `models.tracking` fixes the known
+    cases; this check catches new ones before anything is written.
+    """
+    from rethink_tf.models import tracking  # pylint: disable=g-import-not-at-top
+    missing = tracking.untracked_variables(checkpoint, model.variables)
+    if missing:
+        names = ", ".join(v.path for v in missing[:5])
+        raise ValueError(
+            f"model {model.name!r}: {len(missing)} variable(s) would not be saved in checkpoints "
+            f"({names}{', ...' if len(missing) > 5 else ''}); call "
+            "`rethink_tf.models.tracking.track_sublayer_lists(model)` after building it")
 
 
 def step_of(path):

@@ -12,6 +12,7 @@ from rethink_tf.models import classifier
 from rethink_tf.models import detector
 from rethink_tf.models import losses
 from rethink_tf.models import segmenter
+from rethink_tf.models import tracking
 
 BACKBONE_WEIGHTS = "backbone.weights.h5"  # written by pretraining into its workdir
 
@@ -66,6 +67,7 @@ def build_model(config, n_classes, model_class_fn=None):
                                             dropout=m.get("dropout", 0.0))
     if m.sync_batchnorm:
         backbones.set_synchronized_batchnorm(model, True)
+    tracking.track_sublayer_lists(model)  # every variable reaches the checkpoints
     return model
 
 
