@@ -1,11 +1,18 @@
-r"""The main job: teacher -> pseudo labels -> student -> evaluation -> report, on this CPU.
+r"""The main job: pre-training -> teacher -> pseudo labels -> student -> evaluation -> report.
 
   python -m rethink_tf.pipeline --workdir=/tmp/rt
   python -m rethink_tf.pipeline --config=experiments/configs/segmentation_student.py \
       --workdir=/tmp/rt_seg --rounds=2
+  python -m rethink_tf.pipeline --workdir=/tmp/rt_rand --nopretrain      # "Rand Init"
+  python -m rethink_tf.pipeline --workdir=/tmp/rt_pp --nopretrain \
+      --config.init=pretrained:/tmp/imagenet_plus                        # a backbone you have
 
-DIR/teacher, DIR/pseudo, DIR/student (and DIR/round<k>/... for more rounds) are ordinary
-workdirs; DIR/report.md summarises. Re-running the command resumes at the stage it stopped.
+By default the backbone is first pre-trained with --pretrain_config ("ImageNet" on
+digit_scenes/classification, experiments/configs/pretrain_classification.py) in DIR/pretrain,
+and teacher and student start from it: self-training on top of pre-training, as in the paper.
+DIR/pretrain, DIR/teacher, DIR/pseudo, DIR/student (and DIR/round<k>/... for more rounds) are
+ordinary workdirs; DIR/report.md summarises. Re-running the command resumes at the stage it
+stopped.
 """
 
 from absl import app
@@ -19,6 +26,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline directory.")
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "Self-training rounds (student -> next teacher).")
 _QUALITY_IMAGES = flags.DEFINE_integer(
     "quality_images", 1000, "Unlabeled images scored against hidden ground truth (0 = all).")
+_PRETRAIN = flags.DEFINE_bool(
+    "pretrain", True, "Pre-train the backbone with --pretrain_config first (DIR/pretrain); "
+    "--nopretrain starts from --config.init (random unless set).")
+_PRETRAIN_CONFIG = config_flags.DEFINE_config_file(
+    "pretrain_config", "experiments/configs/pretrain_classification.py",
+    "Pre-training config (supervised or SimCLR); its backbone must be --config's.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -28,7 +41,8 @@ def main(argv):
     cli.quiet_logs()
     from rethink_tf.training import self_training  # pylint: disable=g-import-not-at-top
     self_training.run(_CONFIG.value, _WORKDIR.value, rounds=_ROUNDS.value,
-                      quality_images=_QUALITY_IMAGES.value)
+                      quality_images=_QUALITY_IMAGES.value,
+                      pretrain_config=_PRETRAIN_CONFIG.value if _PRETRAIN.value else None)
 
 
 if __name__ == "__main__":

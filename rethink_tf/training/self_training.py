@@ -1,5 +1,7 @@
-"""The main job: teacher -> pseudo labels -> student -> evaluation of both -> report.
+"""The main job: [pre-training ->] teacher -> pseudo labels -> student -> evaluation -> report.
 
+  DIR/pretrain/         with a pre-training config: its workdir; teacher and student start
+                        from its backbone (`init=pretrained:DIR/pretrain`)
   DIR/teacher/          an ordinary training workdir (config.json, checkpoints, tb, metrics.json)
   DIR/pseudo/           pseudo-label shards, manifest.json, quality.json (if ground truth exists)
   DIR/student/          the student's workdir
@@ -80,8 +82,27 @@ def pseudo_label_stage(config, teacher_dir, pseudo_dir, *, quality_images=1000):
     return result
 
 
-def run(config, workdir, rounds=1, quality_images=1000):
-    """Runs teacher -> pseudo labels -> student (x rounds) and writes DIR/report.md.
+def check_pretrain_config(config, pretrain_config):
+    """Fails early when the pre-training stage cannot feed `config`'s backbone."""
+    if config.init != "random":
+        raise ValueError(f"config.init={config.init!r} and a pre-training stage both set the "
+                         "backbone's start: drop one (the pipeline's --nopretrain keeps init)")
+    if pretrain_config.model.backbone != config.model.backbone:
+        raise ValueError(f"pretrain config model.backbone={pretrain_config.model.backbone!r} "
+                         f"differs from the pipeline's model.backbone="
+                         f"{config.model.backbone!r}: its weights would not load")
+    config_lib.validate(pretrain_config)
+
+
+def pretrain_stage(pretrain_config, pretrain_dir):
+    """Pre-trains (or resumes / finds finished) the backbone teacher and student start from."""
+    from rethink_tf.training import pretraining  # pylint: disable=g-import-not-at-top
+    metrics = pretraining.run(pretrain_config, pretrain_dir)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+
+
+def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
+    """Runs [pre-training ->] teacher -> pseudo labels -> student (x rounds); DIR/report.md.
 
     Args:
       config: a student config (e.g. experiments/configs/detection_student.py); its
@@ -89,6 +110,10 @@ def run(config, workdir, rounds=1, quality_images=1000):
       workdir: the pipeline's directory.
       rounds: self-training rounds; the student of round k teaches round k + 1.
       quality_images: unlabeled images scored for pseudo-label quality (0 = all).
+      pretrain_config: optional pre-training config (supervised or SimCLR, e.g.
+        experiments/configs/pretrain_classification.py): its run in DIR/pretrain gives the
+        backbone that teacher and student start from. Needs `config.init == "random"` and the
+        same backbone.
 
     Returns:
       The summary dict (also in DIR/pipeline.json).
@@ -98,10 +123,24 @@ def run(config, workdir, rounds=1, quality_images=1000):
                          f"{config.task!r}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
+    config = config.copy_and_resolve_references()
+    pretrain_dir = os.path.join(workdir, "pretrain")
+    if pretrain_config is not None:
+        check_pretrain_config(config, pretrain_config)
+        config.init = f"pretrained:{pretrain_dir}"
     t_config = teacher_config(config)
-    config_lib.validate(t_config)  # fail before any work
+    early = t_config
+    if pretrain_config is not None:  # its backbone does not exist yet: check the rest
+        early = t_config.copy_and_resolve_references()
+        early.init = "random"
+    config_lib.validate(early)  # fail before any work
     os.makedirs(workdir, exist_ok=True)
-    summary = {"task": config.task, "rounds": [], "timings_s": {}}
+    summary = {"task": config.task, "init": config.init, "rounds": [], "timings_s": {}}
+    if pretrain_config is not None:
+        start = _stage("pre-training")
+        summary["pretrain"] = pretrain_stage(pretrain_config, pretrain_dir)
+        summary["timings_s"]["pretrain"] = time.time() - start
+        config_lib.validate(t_config)
     start = _stage("teacher")
     teacher_dir = os.path.join(workdir, "teacher")
     summary["teacher"] = _metrics(trainer.train(t_config, teacher_dir))
@@ -168,7 +207,9 @@ def render_report(config, summary):
              f"fraction {config.dataset.fraction}), evaluated on `{config.dataset.eval_split}`; "
              f"unlabeled `{config.self_training.unlabeled}` split "
              f"`{config.self_training.unlabeled_split}`. Same step budget per model "
-             f"({config.train.steps} steps, {config.train.batch_size} human images per step).",
+             f"({config.train.steps} steps, {config.train.batch_size} human images per step). "
+             f"Backbone start: `{summary.get('init', config.init)}`" + _pretrain_note(summary)
+             + ".",
              "", "| model | augment | " + " | ".join(keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     teacher = summary["teacher"]
@@ -218,6 +259,15 @@ def render_report(config, summary):
     if summary.get("export"):
         lines += ["", f"Final student exported for TF Serving: `{summary['export']}`."]
     return "\n".join(lines) + "\n"
+
+
+def _pretrain_note(summary):
+    pre = summary.get("pretrain")
+    if not pre:
+        return ""
+    score = ", ".join(f"{k} {v:.4f}" for k, v in pre.items()
+                      if k in ("top1", "linear_probe_top1") and isinstance(v, float))
+    return f" (pre-trained in this pipeline{': ' + score if score else ''})"
 
 
 def _fmt(value):

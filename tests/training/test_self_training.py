@@ -68,3 +68,33 @@ def test_pipeline_rejects_classification(tmp_path, digit_scenes_data_dir):
     config = tiny_config("classification", digit_scenes_data_dir)
     with pytest.raises(ValueError, match="detection or segmentation"):
         self_training.run(config, str(tmp_path))
+
+
+def test_pipeline_pretrains_the_backbone_teacher_and_student_start_from(
+        tmp_path, digit_scenes_data_dir):
+    config = pipeline_config("detection", digit_scenes_data_dir)
+    pretrain = tiny_config("classification", digit_scenes_data_dir)
+    workdir = str(tmp_path)
+    summary = self_training.run(config, workdir, quality_images=4, pretrain_config=pretrain)
+    pretrain_dir = os.path.join(workdir, "pretrain")
+    assert os.path.exists(os.path.join(pretrain_dir, "backbone.weights.h5"))
+    assert "top1" in summary["pretrain"] and "pretrain" in summary["timings_s"]
+    for sub in ("teacher", "student"):
+        cfg = json.load(open(os.path.join(workdir, sub, "config.json")))
+        assert cfg["init"] == f"pretrained:{pretrain_dir}", sub
+    assert f"`pretrained:{pretrain_dir}` (pre-trained in this pipeline" in open(
+        os.path.join(workdir, "report.md")).read()
+    assert config.init == "random"  # the caller's config is not changed
+
+
+def test_pipeline_pretrain_conflicts_fail_before_any_work(tmp_path, digit_scenes_data_dir):
+    config = pipeline_config("detection", digit_scenes_data_dir)
+    pretrain = tiny_config("classification", digit_scenes_data_dir)
+    pretrain.model.backbone = "resnet_small"
+    with pytest.raises(ValueError, match="model.backbone='resnet_small' differs"):
+        self_training.run(config, str(tmp_path / "a"), pretrain_config=pretrain)
+    pretrain.model.backbone = config.model.backbone
+    config.init = f"pretrained:{tmp_path}"
+    with pytest.raises(ValueError, match="--nopretrain"):
+        self_training.run(config, str(tmp_path / "b"), pretrain_config=pretrain)
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
