@@ -61,7 +61,6 @@ def pipeline_images_per_s(policy, size, batches, batch_size, examples):
 
 def train_images_per_s(size, steps, batch_size):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from rethink_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
     from rethink_tf.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
     from rethink_tf.training import tasks  # pylint: disable=g-import-not-at-top
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))

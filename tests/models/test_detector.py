@@ -163,7 +163,6 @@ def test_model_only_tf_checkpoint_restores_every_weight(tmp_path):
 
 
 def test_group_norm_heads_build_train_and_checkpoint(tmp_path):
-    import numpy as np  # pylint: disable=g-import-not-at-top,reimported
     import tensorflow as tf  # pylint: disable=g-import-not-at-top,reimported
     from rethink_tf.models import detector as det  # pylint: disable=g-import-not-at-top
     model = det.build_detector("resnet_tiny", 3, 64, max_level=5, anchor_sizes=(16, 32, 64),

@@ -14,6 +14,7 @@ from rethink_tf.training import student
 from rethink_tf.training import tasks
 
 from test_trainer import tiny_config  # pylint: disable=g-bad-import-order
+import distributed_step  # tests/distributed_step.py  # pylint: disable=g-bad-import-order
 
 
 def numpy_normalizer(human, pseudo, alpha, decay):
@@ -134,23 +135,12 @@ def test_student_step_under_mirrored_strategy_matches_default(batches):
     config, human, pseudo = batches
     cpus = tf.config.list_logical_devices("CPU")
     assert len(cpus) >= 2
-    results, initial = [], None
-    for strategy in (tf.distribute.get_strategy(),
-                     strategy_lib.cpu_mirrored_strategy(2)):
-        with strategy.scope():
-            model = _student(config, alpha=0.7)
-        model(human[0][:1])
-        if initial is None:
-            initial = model.get_weights()
-        else:
-            model.set_weights(initial)
-        logs = _one_step(model, (human, pseudo))
-        results.append((logs, model.get_weights()))
-    (logs_a, w_a), (logs_b, w_b) = results
-    for name in ("loss", "human_loss", "pseudo_loss", "pseudo_weight"):
-        np.testing.assert_allclose(logs_a[name], logs_b[name], rtol=1e-4, err_msg=name)
-    for a, b in zip(w_a, w_b):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+    results = distributed_step.one_step_per_strategy(
+        (tf.distribute.get_strategy(), strategy_lib.cpu_mirrored_strategy(2)),
+        lambda: _student(config, alpha=0.7), lambda model: _one_step(model, (human, pseudo)),
+        prepare=lambda model: model(human[0][:1]))
+    distributed_step.assert_steps_match(
+        results, ["loss", "human_loss", "pseudo_loss", "pseudo_weight"])
 
 
 def test_student_segmentation_step(digit_scenes_data_dir):

@@ -8,14 +8,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from rethink_tf.training import strategy as strategy_lib
 import tensorflow_datasets as tfds
 
 from rethink_tf.training import checkpoints
 from rethink_tf.training import config as config_lib
+from rethink_tf.training import optimizer as optimizer_lib
+from rethink_tf.training import strategy as strategy_lib
 from rethink_tf.training import tasks
 from rethink_tf.training import trainer
+
+import distributed_step  # tests/distributed_step.py  # pylint: disable=g-bad-import-order
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
 
@@ -201,24 +203,17 @@ def test_distributed_step_matches_single_device(task, digit_scenes_data_dir):
     config.train.learning_rate = 0.01
     info = tasks.dataset_info(config)
     batch = next(iter(tasks.train_dataset(config, info, 4)))
-    results = []
-    initial = None
-    for strategy in (tf.distribute.get_strategy(),
-                     strategy_lib.cpu_mirrored_strategy(2)):
-        keras.utils.set_random_seed(0)
-        with strategy.scope():
-            model = tasks.build_model(config, tasks.num_classes(config, info))
-            from rethink_tf.training import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-            opt = optimizer_lib.build_optimizer(config.train)
-            tasks.compile_model(model, config, opt)
-        model(batch[0][:1])
-        if initial is None:
-            initial = model.get_weights()
-        else:
-            model.set_weights(initial)
+
+    def build():
+        model = tasks.build_model(config, tasks.num_classes(config, info))
+        tasks.compile_model(model, config, optimizer_lib.build_optimizer(config.train))
+        return model
+
+    def step(model):
         history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
-        results.append((history.history["loss"][0], model.get_weights()))
-    (loss_a, weights_a), (loss_b, weights_b) = results
-    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
-    for a, b in zip(weights_a, weights_b):
-        np.testing.assert_allclose(a, b, atol=1e-4)
+        return {"loss": history.history["loss"][0]}
+
+    results = distributed_step.one_step_per_strategy(
+        (tf.distribute.get_strategy(), strategy_lib.cpu_mirrored_strategy(2)), build, step,
+        prepare=lambda model: model(batch[0][:1]))
+    distributed_step.assert_steps_match(results, ["loss"])
