@@ -3,11 +3,16 @@
 Stand-alone (pseudo labels made by `python -m rethink_tf.pseudo_label`):
   python -m rethink_tf.train --config=experiments/configs/detection_student.py \
       --config.self_training.pseudo_labels=/tmp/pseudo --workdir=/tmp/student
-The whole loop (teacher -> pseudo labels -> student -> report) with these settings:
-  python -m rethink_tf.pipeline --config=experiments/configs/detection_student.py --workdir=DIR
-The measured student > teacher result starts both from the "ImageNet++" backbone:
-  --config.init=pretrained:<workdir of pretrain_classification_plus.py>
-(from random initialisation this budget gives a teacher too weak to label: AP50 0.30).
+The whole loop (pre-training -> teacher -> pseudo labels -> student -> report), the
+pipeline's default config:
+  python -m rethink_tf.pipeline --workdir=DIR
+The measured student > teacher results (experiments/bench/SELF_TRAINING.md) start both from
+the "ImageNet++" backbone:
+  --nopretrain --config.init=pretrained:<workdir of pretrain_classification_plus.py>
+(from random initialisation, --nopretrain alone, this budget gives a teacher too weak to
+label: AP50 0.30).
+Self-training settings not set here are base_config's: 1:1 pseudo:human images per batch,
+loss normalisation on, alpha 1, unlabeled images from digit_scenes/detection.
 """
 
 from rethink_tf.training.config import base_config
@@ -26,10 +31,6 @@ def get_config():
     c.train.warmup_steps = 200
     c.train.checkpoint_every = 500
     c.train.eval_every = 0
-    c.self_training.ratio = 1.0
-    c.self_training.loss_norm = True
-    c.self_training.alpha = 1.0
-    c.self_training.unlabeled = "digit_scenes/detection"
     c.self_training.unlabeled_split = "unlabeled[:5000]"
     # Chosen by measurement (experiments/bench/SELF_TRAINING.md): with a teacher of AP50 ~0.55,
     # 0.5 keeps 27 % of the objects (precision 0.86) and the student loses; 0.4 keeps 45 %
