@@ -233,12 +233,13 @@ def render_report(config, summary):
         per_class = p.get("per_class")
         if isinstance(per_class, dict) and per_class:
             # Pseudo labels drift to majority classes: counts next to the labelled set's.
-            lines += ["", "| class | pseudo boxes | pseudo share | labelled boxes | labelled share |",
-                      "|---|---|---|---|---|"]
+            unit = "pixels" if task == "segmentation" else "boxes"
+            lines += ["", f"| class | pseudo {unit} | pseudo share | labelled {unit} | "
+                      "labelled share |", "|---|---|---|---|---|"]
             for name, row in per_class.items():
-                lines.append(f"| {name} | {row.get('pseudo_boxes', '')} | "
+                lines.append(f"| {name} | {row.get(f'pseudo_{unit}', '')} | "
                              f"{_fmt(row.get('pseudo_fraction', ''))} | "
-                             f"{row.get('labeled_boxes', '')} | "
+                             f"{row.get(f'labeled_{unit}', '')} | "
                              f"{_fmt(row.get('labeled_fraction', ''))} |")
         quality = p.get("quality")
         if quality:

@@ -39,6 +39,8 @@ def test_pipeline_runs_every_stage_and_resumes(task, tmp_path, digit_scenes_data
     report = open(os.path.join(workdir, "report.md")).read()
     metric = "AP50" if task == "detection" else "mIoU"
     assert "| teacher |" in report and "| student (round 1) |" in report and metric in report
+    unit = "boxes" if task == "detection" else "pixels"
+    assert f"| class | pseudo {unit} | pseudo share | labelled {unit} |" in report
     assert os.path.exists(os.path.join(workdir, "pseudo", "quality.json"))
     assert summary["rounds"][0]["student"]["step"] == 2
     assert os.path.exists(os.path.join(workdir, "serving", task, "1", "saved_model.pb"))
