@@ -47,7 +47,9 @@ def track_sublayer_lists(model):
     """
     added = 0
     reachable = reachable_ids(model)
-    for layer in model._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    layers = model._flatten_layers(include_self=True, recursive=True)
+    for layer in layers:
         # Public attributes first: their names are the layer's API, more stable than the
         # private lists Keras keeps (`_layers`).
         for attr, value in sorted(vars(layer).items(), key=lambda kv: kv[0].startswith("_")):

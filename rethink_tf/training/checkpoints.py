@@ -51,8 +51,21 @@ class CheckpointManager:
         return path
 
     def restore(self, path):
-        """Restores a given checkpoint (e.g. the best) for evaluation or export."""
+        """Restores a given checkpoint (e.g. the best) for evaluation or export.
+
+        Raises:
+          ValueError: if the checkpoint lacks a value for some variable of the objects being
+            restored (another architecture, or written before `models.tracking` saved every
+            variable): evaluating such a partly restored model would be silently wrong.
+        """
         status = self.checkpoint.restore(path)
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as e:
+            raise ValueError(
+                f"checkpoint {path!r} does not hold every variable of this model (written for "
+                f"another architecture, or by a version that did not save them all): "
+                f"{str(e)[:500]}") from e
         status.expect_partial()
         return path
 

@@ -46,7 +46,8 @@ def test_segmenter_round_trip_restores_aspp_statistics(tmp_path):
     keras.utils.set_random_seed(2)
     restored = build()
     tf.train.Checkpoint(model=restored).restore(path).assert_existing_objects_matched()
-    aspp = [v.path for v in model.variables if "moving_mean" in v.path and "spatial_pyramid" in v.path]
+    aspp = [v.path for v in model.variables
+            if "moving_mean" in v.path and "spatial_pyramid" in v.path]
     assert aspp, "the ASPP should have batch-norm statistics"
     for a, b in zip(model.variables, restored.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
@@ -77,7 +78,8 @@ def _list_holder_model():
 
 def test_checkpoint_manager_refuses_a_model_it_cannot_save(tmp_path):
     model = _list_holder_model()
-    with pytest.raises(ValueError, match=r"8 variable\(s\) would not be saved.*track_sublayer_lists"):
+    with pytest.raises(ValueError,
+                       match=r"8 variable\(s\) would not be saved.*track_sublayer_lists"):
         checkpoints.CheckpointManager(str(tmp_path), model=model)
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "checkpoint"))
 
@@ -90,3 +92,13 @@ def test_track_sublayer_lists_fixes_the_model_with_stable_names(tmp_path):
     path = tf.train.Checkpoint(model=model).save(os.path.join(tmp_path, "ckpt"))
     names = [n for n, _ in tf.train.list_variables(path)]
     assert any("_ckpt_branches_1/moving_mean" in n for n in names), names
+
+
+def test_restoring_a_checkpoint_that_lacks_variables_fails_clearly(tmp_path):
+    # A checkpoint written before the sub-layers were tracked holds none of their values.
+    old = tf.train.Checkpoint(model=_list_holder_model()).save(os.path.join(tmp_path, "old"))
+    model = _list_holder_model()
+    tracking.track_sublayer_lists(model)
+    manager = checkpoints.CheckpointManager(str(tmp_path / "run"), model=model)
+    with pytest.raises(ValueError, match="does not hold every variable of this model"):
+        manager.restore(old)
