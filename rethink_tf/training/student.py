@@ -87,21 +87,21 @@ class StudentMixin:
     def student_losses(self, images, targets, y_pred, human_size):
         """(L_h, L_p, extra terms) from one forward pass over [human; pseudo] images."""
         (h_images, p_images), (h_targets, p_targets) = images, targets
+        # Per-image loss sums over the whole batch, split afterwards: slicing the predictions
+        # first costs full-size gradient buffers per slice (for segmentation the student step
+        # was 1.18x the supervised one per image; experiments/bench/student_step.py).
         if self.student_task == "detection":
-            human = detector_lib.detector_loss_terms(
-                self, h_images, h_targets, detector_lib.slice_predictions(y_pred, 0, human_size))
-            pseudo = detector_lib.detector_loss_terms(
-                self, p_images, p_targets,
-                detector_lib.slice_predictions(y_pred, human_size, None))
+            terms = detector_lib.detector_loss_terms(
+                self, ops.concatenate([h_images, p_images], axis=0),
+                concat_box_targets(h_targets, p_targets), y_pred)
+            human = _detection_sub_batch(terms, 0, human_size)
+            pseudo = _detection_sub_batch(terms, human_size, None)
             extra = {"human_box_loss": human["box_loss"],
                      "human_classification_loss": human["classification_loss"],
                      "pseudo_box_loss": pseudo["box_loss"],
                      "pseudo_classification_loss": pseudo["classification_loss"],
                      "pseudo_positives": pseudo["num_positives"]}
             return human["loss"], pseudo["loss"], extra
-        # Per-image sums over the whole batch, split afterwards: slicing the logits instead
-        # costs two full-size gradient buffers (the student step was 1.18x the supervised one
-        # per image; experiments/bench/student_step.py).
         loss_sum, count = losses_lib.masked_sparse_categorical_crossentropy_per_example(
             ops.concatenate([h_targets, p_targets], axis=0), y_pred)
         return (_normalised_sum(loss_sum[:human_size], count[:human_size]),
@@ -146,6 +146,33 @@ class StudentMixin:
         self.normalizer_updates.assign(count + 1.0)
         return loss_norm.pseudo_weight(self.avg_human_loss, self.avg_pseudo_loss, self.alpha,
                                        self.loss_norm)
+
+
+def concat_box_targets(first, second):
+    """Box targets of two sub-batches as one batch; the one with fewer box slots is padded
+    (class -1) to the other's count."""
+    slots = tf.maximum(tf.shape(first["boxes"])[1], tf.shape(second["boxes"])[1])
+
+    def pad(targets):
+        extra = slots - tf.shape(targets["boxes"])[1]
+        boxes = tf.cast(targets["boxes"], tf.float32)
+        classes = tf.cast(targets["classes"], tf.float32)
+        return {"boxes": tf.pad(boxes, [[0, 0], [0, extra], [0, 0]], constant_values=-1.0),
+                "classes": tf.pad(classes, [[0, 0], [0, extra]], constant_values=-1.0)}
+
+    first, second = pad(first), pad(second)
+    return {key: tf.concat([first[key], second[key]], axis=0) for key in ("boxes", "classes")}
+
+
+def _detection_sub_batch(terms, start, stop):
+    """`detector_loss_terms` of images [start:stop] from the whole batch's per-image sums."""
+    positives = ops.sum(terms["num_positives_per_image"][start:stop])
+    normalizer = losses_lib.cross_replica_normalizer(positives)
+    box = ops.divide_no_nan(ops.sum(terms["box_loss_per_image"][start:stop]), normalizer)
+    cls = ops.divide_no_nan(ops.sum(terms["classification_loss_per_image"][start:stop]),
+                            normalizer)
+    return {"loss": box + cls, "box_loss": box, "classification_loss": cls,
+            "num_positives": positives}
 
 
 def _normalised_sum(loss_sum, count):

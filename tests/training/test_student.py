@@ -154,3 +154,15 @@ def test_student_segmentation_step(digit_scenes_data_dir):
     tasks.compile_model(model, config, optimizer_lib.build_optimizer(config.train))
     logs = _one_step(model, ((h_images, h_masks), (p_images, p_masks)))
     assert np.isfinite(logs["loss"]) and logs["pseudo_weight"] > 0
+
+
+def test_concat_box_targets_pads_the_sub_batch_with_fewer_slots():
+    first = {"boxes": tf.ones([2, 3, 4]), "classes": tf.zeros([2, 3])}
+    second = {"boxes": 2 * tf.ones([1, 5, 4]), "classes": tf.ones([1, 5])}
+    out = student.concat_box_targets(first, second)
+    assert out["boxes"].shape == (3, 5, 4) and out["classes"].shape == (3, 5)
+    np.testing.assert_array_equal(out["boxes"][:2, :3], 1.0)
+    np.testing.assert_array_equal(out["classes"][:2, :3], 0.0)
+    np.testing.assert_array_equal(out["classes"][:2, 3:], -1.0)  # padding rows
+    np.testing.assert_array_equal(out["boxes"][2], 2.0)
+    np.testing.assert_array_equal(out["classes"][2], 1.0)
