@@ -7,9 +7,11 @@ r"""The main job: pre-training -> teacher -> pseudo labels -> student -> evaluat
   python -m rethink_tf.pipeline --workdir=/tmp/rt_pp --nopretrain \
       --config.init=pretrained:/tmp/imagenet_plus                        # a backbone you have
 
-By default the backbone is first pre-trained with --pretrain_config ("ImageNet" on
-digit_scenes/classification, experiments/configs/pretrain_classification.py) in DIR/pretrain,
-and teacher and student start from it: self-training on top of pre-training, as in the paper.
+By default the backbone is first pre-trained with --pretrain_config ("ImageNet++" on
+digit_scenes/classification, experiments/configs/pretrain_classification_plus.py) in
+DIR/pretrain, and teacher and student start from it: self-training on top of pre-training, as
+in the paper. (From the weaker "ImageNet" checkpoint, pretrain_classification.py, the 1,500-step
+teacher reaches only AP50 0.28, too weak to teach: experiments/bench/SELF_TRAINING.md.)
 DIR/pretrain, DIR/teacher, DIR/pseudo, DIR/student (and DIR/round<k>/... for more rounds) are
 ordinary workdirs; DIR/report.md summarises. Re-running the command resumes at the stage it
 stopped.
@@ -30,7 +32,7 @@ _PRETRAIN = flags.DEFINE_bool(
     "pretrain", True, "Pre-train the backbone with --pretrain_config first (DIR/pretrain); "
     "--nopretrain starts from --config.init (random unless set).")
 _PRETRAIN_CONFIG = config_flags.DEFINE_config_file(
-    "pretrain_config", "experiments/configs/pretrain_classification.py",
+    "pretrain_config", "experiments/configs/pretrain_classification_plus.py",
     "Pre-training config (supervised or SimCLR); its backbone must be --config's.")
 flags.mark_flag_as_required("workdir")
 
