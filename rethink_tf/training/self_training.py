@@ -124,7 +124,8 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     config = config.copy_and_resolve_references()
-    pretrain_dir = os.path.join(workdir, "pretrain")
+    # Absolute: the path is recorded in teacher's and student's config.json (`init`).
+    pretrain_dir = os.path.join(os.path.abspath(workdir), "pretrain")
     if pretrain_config is not None:
         check_pretrain_config(config, pretrain_config)
         config.init = f"pretrained:{pretrain_dir}"
