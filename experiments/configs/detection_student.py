@@ -6,9 +6,11 @@ Stand-alone (pseudo labels made by `python -m rethink_tf.pseudo_label`):
 The whole loop (pre-training -> teacher -> pseudo labels -> student -> report), the
 pipeline's default config:
   python -m rethink_tf.pipeline --workdir=DIR
-The measured student > teacher results (experiments/bench/SELF_TRAINING.md) start both from
-the "ImageNet++" backbone:
-  --nopretrain --config.init=pretrained:<workdir of pretrain_classification_plus.py>
+The measured results (experiments/bench/SELF_TRAINING.md) start both from the "ImageNet++"
+backbone (the pipeline's default pre-training, or
+  --nopretrain --config.init=pretrained:<workdir of pretrain_classification_plus.py>):
+with 20 % of the labels (--config.dataset.fraction=0.2) the student beats the teacher on 2
+seeds (+0.026, +0.046 AP); with all the labels in 4 of 5 runs (mean +0.020 AP).
 (from random initialisation, --nopretrain alone, this budget gives a teacher too weak to
 label: AP50 0.30).
 Self-training settings not set here are base_config's: 1:1 pseudo:human images per batch,
