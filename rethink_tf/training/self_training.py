@@ -137,42 +137,56 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
     config_lib.validate(early)  # fail before any work
     os.makedirs(workdir, exist_ok=True)
     summary = {"task": config.task, "init": config.init, "rounds": [], "timings_s": {}}
+    # A resumed run adds its time to what earlier invocations spent on each stage.
+    spent = _previous_timings(workdir)
+
+    def record_time(stage, start):
+        summary["timings_s"][stage] = spent.get(stage, 0.0) + time.time() - start
+
     if pretrain_config is not None:
         start = _stage("pre-training")
         summary["pretrain"] = pretrain_stage(pretrain_config, pretrain_dir)
-        summary["timings_s"]["pretrain"] = time.time() - start
+        record_time("pretrain", start)
         config_lib.validate(t_config)
     start = _stage("teacher")
     teacher_dir = os.path.join(workdir, "teacher")
     summary["teacher"] = _metrics(trainer.train(t_config, teacher_dir))
     summary["teacher"]["augment"] = t_config.augment
-    summary["timings_s"]["teacher"] = time.time() - start
+    record_time("teacher", start)
     for k in range(1, rounds + 1):
         round_dir = workdir if k == 1 else os.path.join(workdir, f"round{k}")
         start = _stage(f"round {k}: pseudo labels from {teacher_dir}")
         pseudo_dir = os.path.join(round_dir, "pseudo")
         pseudo = pseudo_label_stage(config, teacher_dir, pseudo_dir,
                                     quality_images=quality_images or None)
-        summary["timings_s"][f"pseudo_{k}"] = time.time() - start
+        record_time(f"pseudo_{k}", start)
         start = _stage(f"round {k}: student")
         s_config = student_config(config, pseudo_dir, teacher_dir)
         student_dir = os.path.join(round_dir, "student")
         metrics = _metrics(student_lib.train_student(s_config, student_dir))
         metrics["augment"] = s_config.augment
-        summary["timings_s"][f"student_{k}"] = time.time() - start
+        record_time(f"student_{k}", start)
         summary["rounds"].append({"round": k, "teacher_dir": teacher_dir,
                                   "pseudo_dir": pseudo_dir, "student_dir": student_dir,
                                   "student": metrics, "pseudo": _pseudo_summary(pseudo)})
         teacher_dir = student_dir
     start = _stage("export")
     summary["export"] = export_stage(teacher_dir, os.path.join(workdir, "serving", config.task))
-    summary["timings_s"]["export"] = time.time() - start
+    record_time("export", start)
     with open(os.path.join(workdir, "pipeline.json"), "w") as f:
         json.dump(summary, f, indent=2, default=float)
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write(render_report(config, summary))
     print(f"\nreport: {os.path.join(workdir, 'report.md')}", flush=True)
     return summary
+
+
+def _previous_timings(workdir):
+    path = os.path.join(workdir, "pipeline.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {k: float(v) for k, v in json.load(f).get("timings_s", {}).items()}
 
 
 def export_stage(student_dir, base):
@@ -256,7 +270,9 @@ def render_report(config, summary):
                         _fmt(row[c]) for c in cols) + " |")
         lines.append("")
     times = summary["timings_s"]
-    lines += ["## Time", ""] + [f"- {k}: {v / 60:.1f} min" for k, v in times.items()]
+    lines += ["## Time", "", "Per stage, summed over the invocations of the command (a resumed "
+              "run adds its time).", ""]
+    lines += [f"- {k}: {v / 60:.1f} min" for k, v in times.items()]
     lines.append(f"- total: {sum(times.values()) / 60:.1f} min")
     if summary.get("export"):
         lines += ["", f"Final student exported for TF Serving: `{summary['export']}`."]
