@@ -13,7 +13,9 @@ from rethink_tf.models.detector import decode_detections
 from rethink_tf.models.detector import detector_loss_terms
 from rethink_tf.models.detector import set_decoder_threshold
 from rethink_tf.models.detector import slice_predictions
+from rethink_tf.models.detector import sub_batch_loss_terms
 from rethink_tf.models.losses import MaskedSparseCategoricalCrossentropy
 from rethink_tf.models.losses import masked_sparse_categorical_crossentropy
 from rethink_tf.models.losses import masked_sparse_categorical_crossentropy_per_example
+from rethink_tf.models.losses import normalised_pixel_loss
 from rethink_tf.models.segmenter import build_segmenter

@@ -13,10 +13,12 @@ Standard use:
 
 Per-term and per-sub-batch losses for a custom train_step (ONE forward pass):
     y_pred = model(images, training=True)               # {"box": [B,A,4], "classification"}
-    human = detector_loss_terms(model, images[:h], y_human, slice_predictions(y_pred, 0, h))
-    pseudo = detector_loss_terms(model, images[h:], y_pseudo, slice_predictions(y_pred, h, None))
+    terms = detector_loss_terms(model, images, y_all, y_pred)
+    human = sub_batch_loss_terms(terms, 0, h)
+    pseudo = sub_batch_loss_terms(terms, h, None)
     loss = human["loss"] + weight * pseudo["loss"]
-Each call returns the box and classification terms normalised like Keras-CV's
+(equal to `detector_loss_terms` on each sub-batch's `slice_predictions`, which is slower). Each
+call returns the box and classification terms normalised like Keras-CV's
 `RetinaNet.compute_loss` (by the number of positive anchors of that sub-batch; 0, not NaN, when
 it has none), plus per-image sums and positive counts for other normalisations. On the whole
 batch, `detector_loss_terms(...)["loss"]` equals `model.compute_loss(x, y, y_pred)` (without
@@ -411,7 +413,7 @@ def detector_loss_terms(model, images, y_true, y_pred):
 
     Args:
         model: a detector from `build_detector`.
-        images: [b, H, W, 3] images of the sub-batch (only their shape is used).
+        images: [b, H, W, 3] images (only their height and width are used).
         y_true: {"boxes": [b, M, 4] xyxy, "classes": [b, M]} with -1 padding.
         y_pred: the model's raw outputs for the same examples: {"box": [b, A, 4],
             "classification": [b, A, num_classes]} (see `slice_predictions`).
@@ -433,24 +435,31 @@ def detector_loss_terms(model, images, y_true, y_pred):
                              dtype="float32")
     box_per_anchor = _box_loss_fn(model).call(box_targets, box_pred)
     cls_per_anchor = _classification_loss_fn(model).call(cls_labels, cls_pred)
-    box_per_image = ops.sum(box_per_anchor * positive, axis=1)
-    cls_per_image = ops.sum(cls_per_anchor * not_ignored, axis=1)
-    positives_per_image = ops.sum(positive, axis=1)
-    num_positives = ops.sum(positives_per_image)
+    per_image = {"box_loss_per_image": ops.sum(box_per_anchor * positive, axis=1),
+                 "classification_loss_per_image": ops.sum(cls_per_anchor * not_ignored, axis=1),
+                 "num_positives_per_image": ops.sum(positive, axis=1)}
+    return {**sub_batch_loss_terms(per_image, 0, None), **per_image}
+
+
+def sub_batch_loss_terms(terms, start, stop):
+    """The normalised terms of images [start:stop] from a batch's per-image sums.
+
+    One `detector_loss_terms` call over a whole batch, then this per sub-batch (e.g. human and
+    pseudo-labelled images), gives the same values as a call per sub-batch on sliced
+    predictions, without the sliced predictions' full-size gradient buffers.
+
+    Returns:
+      {"loss", "box_loss", "classification_loss", "num_positives"} (scalars).
+    """
+    positives = ops.sum(terms["num_positives_per_image"][start:stop])
     # Keras-CV zeroes the whole loss when no anchor is positive; divide_no_nan does the same.
     # Global normaliser under tf.distribute, so sub-batch losses match a single device.
-    normalizer = losses_lib.cross_replica_normalizer(num_positives)
-    box_loss = ops.divide_no_nan(ops.sum(box_per_image), normalizer)
-    cls_loss = ops.divide_no_nan(ops.sum(cls_per_image), normalizer)
-    return {
-        "loss": box_loss + cls_loss,
-        "box_loss": box_loss,
-        "classification_loss": cls_loss,
-        "num_positives": num_positives,
-        "box_loss_per_image": box_per_image,
-        "classification_loss_per_image": cls_per_image,
-        "num_positives_per_image": positives_per_image,
-    }
+    normalizer = losses_lib.cross_replica_normalizer(positives)
+    box_loss = ops.divide_no_nan(ops.sum(terms["box_loss_per_image"][start:stop]), normalizer)
+    cls_loss = ops.divide_no_nan(ops.sum(terms["classification_loss_per_image"][start:stop]),
+                                 normalizer)
+    return {"loss": box_loss + cls_loss, "box_loss": box_loss, "classification_loss": cls_loss,
+            "num_positives": positives}
 
 
 def decode_detections(model, y_pred, images):

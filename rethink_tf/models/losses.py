@@ -82,8 +82,13 @@ def masked_sparse_categorical_crossentropy(y_true, logits, ignore_label=IGNORE_L
     Returns:
         A float32 scalar; 0 (not NaN) when every pixel is ignored.
     """
-    loss_sum, count = masked_sparse_categorical_crossentropy_per_example(y_true, logits,
-                                                                         ignore_label)
+    return normalised_pixel_loss(*masked_sparse_categorical_crossentropy_per_example(
+        y_true, logits, ignore_label))
+
+
+def normalised_pixel_loss(loss_sum, count):
+    """Mean pixel loss from per-example sums and counts (or a slice of them, for a sub-batch),
+    normalised by the non-ignored pixels of the global batch; 0 when there are none."""
     return ops.divide_no_nan(ops.sum(loss_sum), cross_replica_normalizer(ops.sum(count)))
 
 

@@ -86,16 +86,16 @@ class StudentMixin:
 
     def student_losses(self, images, targets, y_pred, human_size):
         """(L_h, L_p, extra terms) from one forward pass over [human; pseudo] images."""
-        (h_images, p_images), (h_targets, p_targets) = images, targets
+        (h_images, _), (h_targets, p_targets) = images, targets
         # Per-image loss sums over the whole batch, split afterwards: slicing the predictions
         # first costs full-size gradient buffers per slice (for segmentation the student step
         # was 1.18x the supervised one per image; experiments/bench/student_step.py).
         if self.student_task == "detection":
+            # The label encoder reads only the images' height and width.
             terms = detector_lib.detector_loss_terms(
-                self, ops.concatenate([h_images, p_images], axis=0),
-                concat_box_targets(h_targets, p_targets), y_pred)
-            human = _detection_sub_batch(terms, 0, human_size)
-            pseudo = _detection_sub_batch(terms, human_size, None)
+                self, h_images, concat_box_targets(h_targets, p_targets), y_pred)
+            human = detector_lib.sub_batch_loss_terms(terms, 0, human_size)
+            pseudo = detector_lib.sub_batch_loss_terms(terms, human_size, None)
             extra = {"human_box_loss": human["box_loss"],
                      "human_classification_loss": human["classification_loss"],
                      "pseudo_box_loss": pseudo["box_loss"],
@@ -104,8 +104,9 @@ class StudentMixin:
             return human["loss"], pseudo["loss"], extra
         loss_sum, count = losses_lib.masked_sparse_categorical_crossentropy_per_example(
             ops.concatenate([h_targets, p_targets], axis=0), y_pred)
-        return (_normalised_sum(loss_sum[:human_size], count[:human_size]),
-                _normalised_sum(loss_sum[human_size:], count[human_size:]), {})
+        return (losses_lib.normalised_pixel_loss(loss_sum[:human_size], count[:human_size]),
+                losses_lib.normalised_pixel_loss(loss_sum[human_size:], count[human_size:]),
+                {})
 
     def train_step(self, data):
         if not is_student_batch(data):
@@ -162,23 +163,6 @@ def concat_box_targets(first, second):
 
     first, second = pad(first), pad(second)
     return {key: tf.concat([first[key], second[key]], axis=0) for key in ("boxes", "classes")}
-
-
-def _detection_sub_batch(terms, start, stop):
-    """`detector_loss_terms` of images [start:stop] from the whole batch's per-image sums."""
-    positives = ops.sum(terms["num_positives_per_image"][start:stop])
-    normalizer = losses_lib.cross_replica_normalizer(positives)
-    box = ops.divide_no_nan(ops.sum(terms["box_loss_per_image"][start:stop]), normalizer)
-    cls = ops.divide_no_nan(ops.sum(terms["classification_loss_per_image"][start:stop]),
-                            normalizer)
-    return {"loss": box + cls, "box_loss": box, "classification_loss": cls,
-            "num_positives": positives}
-
-
-def _normalised_sum(loss_sum, count):
-    """Mean pixel loss of a sub-batch over its non-ignored pixels in the global batch."""
-    return ops.divide_no_nan(ops.sum(loss_sum),
-                             losses_lib.cross_replica_normalizer(ops.sum(count)))
 
 
 def is_student_batch(data):
