@@ -36,7 +36,10 @@ _NUM_OUTPUT = flags.DEFINE_integer("num_output_shards", None, "Output files (def
 _SHARDS_PER_PASS = flags.DEFINE_integer("shards_per_pass", None, "Output shards finished per "
                                         "pass over the source (default: all in one pass).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per forward pass.")
-_FORMAT = flags.DEFINE_enum("image_format", "png", ["png", "jpeg"], "Image encoding in records.")
+_FORMAT = flags.DEFINE_enum("image_format", "source", ["source", "png", "jpeg"],
+                            "Image bytes in records: 'source' copies a TFDS source's stored "
+                            "bytes (no re-encoding; PNG for other sources), 'png' re-encodes "
+                            "losslessly, 'jpeg' lossily.")
 _RUNNER = flags.DEFINE_string("runner", None, "Apache Beam runner (e.g. DirectRunner); "
                               "default: the local loop.")
 _QUALITY = flags.DEFINE_bool("quality", False, "Also measure pseudo-label quality against the "

@@ -5,10 +5,13 @@ r"""Pseudo-labeling benchmark: images/s against the bare model, and peak memory 
 1. Builds a teacher workdir with the default detection config's model
    (`experiments/configs/detection.py`: RetinaNet, resnet_small, 128 px) and random weights.
 2. Bare model: the same compiled forward + decode as the teacher on preloaded float32 tensors
-   (no input pipeline, no post-processing, no writing), batch 32.
+   (no input pipeline, no post-processing, no writing), batch 32, over as many images as the
+   largest N, once before and once after the labeling runs (their mean is the reference).
 3. Pseudo-labeling: `labeler.pseudo_label` over the first N `digit_scenes/detection`
-   `unlabeled` images (decode, resize, model, NMS, PNG encode, TFRecord write), batch 32,
-   each N in a fresh process, reporting images/s and peak RSS (`ru_maxrss`).
+   `unlabeled` images (read, decode, resize, model, NMS, TFRecord write), batch 32,
+   each N in a fresh process, reporting images/s and peak RSS (`ru_maxrss`); with two or
+   more N, also the marginal rate between the smallest and the largest run (a run's fixed
+   start-up costs cancel) and its ratio to the bare model.
 Prints one JSON line per measurement; see PSEUDO.md for results.
 """
 
@@ -126,13 +129,30 @@ def main():
     sizes = [int(s) for s in args.images.split(",")]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")  # MALLOC_ARENA_MAX passes through
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-    # Bare model and the smallest labeling run back to back, so load is similar for both.
-    for child in [f"bare:{sizes[0]}"] + [f"label:{n}" for n in sizes]:
+    # The bare model as many images as the largest run, before and after the labeling runs
+    # (the machine's load drifts; their mean is the reference).
+    results = []
+    for child in [f"bare:{sizes[-1]}"] + [f"label:{n}" for n in sizes] + [f"bare:{sizes[-1]}"]:
         out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--workdir={args.workdir}",
                               f"--batch_size={args.batch_size}", f"--child={child}"],
                              capture_output=True, text=True, env=env, cwd=root, check=True)
         line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
-        print(json.dumps({**json.loads(line[7:]), "load_average": os.getloadavg()}), flush=True)
+        results.append({**json.loads(line[7:]), "load_average": os.getloadavg()})
+        print(json.dumps(results[-1]), flush=True)
+    labels = [r for r in results if r["what"] == "pseudo_label"]
+    bare_rate = sum(r["images_per_s"] for r in results if r["what"] == "bare_model") / 2
+    print(json.dumps({"what": "vs_bare", "bare_images_per_s": bare_rate,
+                      **{f"label_{r['images']}": r["images_per_s"] / bare_rate for r in labels}}),
+          flush=True)
+    if len(labels) >= 2:
+        # The rate once running: a run's fixed costs (tracing the input functions, filling the
+        # pipeline, writing the manifest) cancel between the smallest and largest run.
+        small, large = labels[0], labels[-1]
+        rate = (large["images"] - small["images"]) / (large["seconds"] - small["seconds"])
+        print(json.dumps({"what": "pseudo_label_marginal", "images_per_s": rate,
+                          "vs_bare": rate / bare_rate,
+                          "fixed_seconds": small["seconds"] - small["images"] / rate}),
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Keys:
     mask:      uint8 [H, W, 1], class ids, 255 = ignore          (segmentation)
     label:     int32 [], class id                                (classification)
     source_id: string [], stable and unique within the dataset
+    image/encoded: string [], the source's own encoded bytes of `image` (optional: only TFDS
+               sources with `sources.load(..., keep_encoded=True)`; PNG, JPEG, GIF or BMP)
 """
 
 IMAGE = "image"
@@ -15,10 +17,22 @@ CLASSES = "classes"
 MASK = "mask"
 LABEL = "label"
 SOURCE_ID = "source_id"
+ENCODED = "image/encoded"
 
 IGNORE_LABEL = 255
 
-ALL_KEYS = (IMAGE, BOXES, CLASSES, MASK, LABEL, SOURCE_ID)
+ALL_KEYS = (IMAGE, BOXES, CLASSES, MASK, LABEL, SOURCE_ID, ENCODED)
+
+# Leading bytes of the encodings `tf.io.decode_image` reads, by format name.
+ENCODED_MAGIC = {"jpeg": b"\xff\xd8\xff", "png": b"\x89PNG", "gif": b"GIF8", "bmp": b"BM"}
+
+
+def encoded_format(data: bytes):
+    """The format name of encoded image bytes ('jpeg', 'png', 'gif', 'bmp'), or None."""
+    for name, magic in ENCODED_MAGIC.items():
+        if data[:len(magic)] == magic:
+            return name
+    return None
 
 
 def check_example_spec(element_spec, name="dataset"):
@@ -35,7 +49,8 @@ def check_example_spec(element_spec, name="dataset"):
     if unknown:
         raise ValueError(f"{name}: unknown keys {sorted(unknown)}; canonical keys are {ALL_KEYS}")
     expected = {IMAGE: (tf.uint8, 3), BOXES: (tf.float32, 2), CLASSES: (tf.int32, 1),
-                MASK: (tf.uint8, 3), LABEL: (tf.int32, 0), SOURCE_ID: (tf.string, 0)}
+                MASK: (tf.uint8, 3), LABEL: (tf.int32, 0), SOURCE_ID: (tf.string, 0),
+                ENCODED: (tf.string, 0)}
     for key in (IMAGE, SOURCE_ID):
         if key not in element_spec:
             raise ValueError(f"{name}: every example needs '{key}'")

@@ -111,7 +111,7 @@ class SourceInfo:
 def load(name: str, split: str, *, data_dir: str | None = None,
          fraction: float | None = None, shuffle_files: bool = False,
          read_config=None, keep_crowd: bool = False, with_masks: bool = False,
-         skip_counter=None) -> tf.data.Dataset:
+         skip_counter=None, keep_encoded: bool = False) -> tf.data.Dataset:
     """Loads a source as a `tf.data.Dataset` of canonical examples.
 
     Args:
@@ -130,6 +130,9 @@ def load(name: str, split: str, *, data_dir: str | None = None,
             polygon/RLE segmentations.
         skip_counter: `images:` only: an `image_folder.SkipCounter` that records the
             unreadable files skipped.
+        keep_encoded: TFDS names only: also emit `image/encoded`, the stored bytes the
+            image was decoded from (read once: the image is decoded from these bytes), so a
+            writer can copy them instead of re-encoding. Other sources ignore it.
 
     Returns:
         A dataset of dicts with the canonical keys the source has.
@@ -161,7 +164,8 @@ def load(name: str, split: str, *, data_dir: str | None = None,
             ds = ds.filter(lambda e: in_fraction(e[ex.SOURCE_ID], fraction))
     else:
         ds = _load_tfds(name, split, data_dir=data_dir, shuffle_files=shuffle_files,
-                        read_config=read_config, keep_crowd=keep_crowd, fraction=fraction)
+                        read_config=read_config, keep_crowd=keep_crowd, fraction=fraction,
+                        keep_encoded=keep_encoded)
     ex.check_example_spec(ds.element_spec, name)
     return ds
 
@@ -311,7 +315,8 @@ def _split_names(split: str) -> list[str]:
     return [re.sub(r"\[.*\]$", "", part.strip()) for part in str(split).split("+")]
 
 
-def _load_tfds(name, split, *, data_dir, shuffle_files, read_config, keep_crowd, fraction):
+def _load_tfds(name, split, *, data_dir, shuffle_files, read_config, keep_crowd, fraction,
+               keep_encoded=False):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = _tfds_builder(name, data_dir)
     builder.download_and_prepare()
@@ -331,8 +336,11 @@ def _load_tfds(name, split, *, data_dir, shuffle_files, read_config, keep_crowd,
     if id_key is None:
         read_config = dataclasses.replace(read_config or tfds.ReadConfig(), add_tfds_id=True)
         id_key = _TFDS_ID
-    ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
-    convert = _tfds_converter(features, id_key, keep_crowd)
+    keep_encoded = keep_encoded and isinstance(features["image"], tfds.features.Image)
+    decoders = {"image": tfds.decode.SkipDecoding()} if keep_encoded else None
+    ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
+                            decoders=decoders)
+    convert = _tfds_converter(features, id_key, keep_crowd, keep_encoded)
     if fraction is not None and fraction < 1.0:
         # Filter on the raw id before converting so dropped examples cost no work.
         ds = ds.filter(lambda raw: in_fraction(_to_string(raw[id_key]), fraction))
@@ -357,16 +365,26 @@ def _label_names(feature) -> tuple[str, ...]:
     return tuple(str(i) for i in range(int(getattr(feature, "num_classes", 0) or 0)))
 
 
-def _tfds_converter(features, id_key: str, keep_crowd: bool):
-    """Builds the map fn from a TFDS example to a canonical example."""
+def _tfds_converter(features, id_key: str, keep_crowd: bool, keep_encoded: bool = False):
+    """Builds the map fn from a TFDS example to a canonical example.
+
+    With `keep_encoded`, `raw["image"]` holds the stored bytes (TFDS `SkipDecoding`); they
+    are decoded here by the feature itself, exactly as TFDS would, and kept as `image/encoded`.
+    """
     objects_key = _objects_key(features)
     has_crowd = bool(objects_key) and "is_crowd" in features[objects_key]
     has_mask = "segmentation_mask" in features
     has_label = _has_scalar_label(features)
 
     def convert(raw):
+        encoded = None
+        if keep_encoded:
+            encoded = raw["image"]
+            raw = dict(raw, image=features["image"].decode_example(encoded))
         image = _to_rgb_uint8(raw["image"])
         out = {ex.IMAGE: image, ex.SOURCE_ID: _to_string(raw[id_key])}
+        if encoded is not None:
+            out[ex.ENCODED] = encoded
         if objects_key:
             out[ex.BOXES], out[ex.CLASSES] = _objects_to_boxes(
                 raw[objects_key], tf.shape(image), has_crowd and not keep_crowd)

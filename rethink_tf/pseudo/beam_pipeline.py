@@ -62,7 +62,7 @@ if beam is not None:
 
 def run(teacher_path, unlabeled, output_dir, *, runner="DirectRunner", pipeline_args=(),
         split=None, data_dir=None, score_threshold=0.5, pixel_threshold=0.5, drop_empty=False,
-        flip_tta=False, num_output_shards=None, batch_size=32, image_format="png",
+        flip_tta=False, num_output_shards=None, batch_size=32, image_format="source",
         labeled_counts="auto"):
     """Runs pseudo-labeling on a Beam runner; returns the manifest.
 

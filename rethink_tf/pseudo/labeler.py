@@ -59,7 +59,7 @@ def default_num_output_shards(num_shards: int) -> int:
 
 
 def check_arguments(*, score_threshold=0.5, pixel_threshold=0.5, num_shards=1, shard_index=None,
-                    num_output_shards=None, batch_size=32, image_format="png",
+                    num_output_shards=None, batch_size=32, image_format="source",
                     shards_per_pass=None):
     """Raises ValueError naming the bad argument (run before any work)."""
     for name, value in (("score_threshold", score_threshold),
@@ -87,7 +87,10 @@ def default_split(name: str) -> str:
 
 
 def load_unlabeled(name: str, split: str | None = None, *, data_dir=None, skip_counter=None):
-    """A source's images and ids only (labels, e.g. hidden ground truth, are dropped)."""
+    """A source's images and ids only (labels, e.g. hidden ground truth, are dropped).
+
+    TFDS sources also keep `image/encoded`, the stored bytes, for `image_format="source"`.
+    """
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
     split = split or default_split(name)
@@ -95,12 +98,13 @@ def load_unlabeled(name: str, split: str | None = None, *, data_dir=None, skip_c
     # read once must not, or memory grows with the data (experiments/bench/PSEUDO.md).
     read_config = tfds.ReadConfig(try_autocache=False)
     ds = sources.load(name, split, data_dir=data_dir, skip_counter=skip_counter,
-                      read_config=read_config)
+                      read_config=read_config, keep_encoded=True)
     return _images_only(ds)
 
 
 def _images_only(ds):
-    return ds.map(lambda e: {ex.IMAGE: e[ex.IMAGE], ex.SOURCE_ID: e[ex.SOURCE_ID]})
+    keys = [k for k in (ex.IMAGE, ex.SOURCE_ID, ex.ENCODED) if k in ds.element_spec]
+    return ds.map(lambda e: {k: e[k] for k in keys})
 
 
 def labeled_class_counts(config, num_classes: int):
@@ -183,14 +187,29 @@ class _ShardSink:
 
 
 def _encode_fn(image_format, num_output_shards):
+    """The record's image bytes and output shard of an example (inside tf.data)."""
     def encode(example):
         image = example[ex.IMAGE]
-        data = (tf.io.encode_png(image, compression=records.PNG_COMPRESSION)
-                if image_format == "png"
-                else tf.io.encode_jpeg(image, quality=95))
+        if image_format == "source" and ex.ENCODED in example:
+            data = example[ex.ENCODED]  # the source's own bytes: no re-encoding
+        elif image_format == "jpeg":
+            data = tf.io.encode_jpeg(image, quality=95)
+        else:
+            data = tf.io.encode_png(image, compression=records.PNG_COMPRESSION)
         return {"encoded": data,
                 "shard": records.shard_of(example[ex.SOURCE_ID], num_output_shards)}
     return encode
+
+
+def _record_format(encoded, image_format, source_id):
+    """The encoding of a record's image bytes (sniffed for `image_format="source"`)."""
+    if image_format != "source":
+        return image_format
+    found = ex.encoded_format(encoded)
+    if found is None:
+        raise ValueError(f"image {source_id!r}: the source's bytes are not PNG, JPEG, GIF or "
+                         f"BMP (they start {bytes(encoded[:8])!r}); use image_format='png'")
+    return found
 
 
 def _record(fields, prediction, task, stats, *, score_threshold, pixel_threshold, drop_empty,
@@ -211,8 +230,9 @@ def _record(fields, prediction, task, stats, *, score_threshold, pixel_threshold
         stats["num_boxes"] += int(len(boxes))
         counts = np.bincount(classes, minlength=len(stats["class_counts"]))
         stats["class_counts"] = [a + int(b) for a, b in zip(stats["class_counts"], counts)]
-        return records.serialize_detection(fields["encoded"], source_id, height, width, boxes,
-                                           classes, prediction["scores"][keep], image_format)
+        return records.serialize_detection(
+            fields["encoded"], source_id, height, width, boxes, classes,
+            prediction["scores"][keep], _record_format(fields["encoded"], image_format, source_id))
     confidence = prediction["confidence"]
     kept = confidence >= pixel_threshold
     mask = np.where(kept, prediction["mask"], ex.IGNORE_LABEL).astype(np.uint8)
@@ -226,8 +246,9 @@ def _record(fields, prediction, task, stats, *, score_threshold, pixel_threshold
     stats["confidence_sum"] += float(confidence.mean())
     counts = np.bincount(prediction["mask"][kept].ravel(), minlength=len(stats["class_counts"]))
     stats["class_counts"] = [a + int(b) for a, b in zip(stats["class_counts"], counts)]
-    return records.serialize_segmentation(fields["encoded"], source_id, height, width, mask,
-                                          float(confidence.mean()), image_format)
+    return records.serialize_segmentation(
+        fields["encoded"], source_id, height, width, mask, float(confidence.mean()),
+        _record_format(fields["encoded"], image_format, source_id))
 
 
 def prepare_output(teacher, unlabeled_desc, output_dir, *, score_threshold, pixel_threshold,
@@ -273,7 +294,7 @@ def prepare_output(teacher, unlabeled_desc, output_dir, *, score_threshold, pixe
 def pseudo_label(teacher, unlabeled, output_dir, *, task=None, split=None, data_dir=None,
                  score_threshold=0.5, pixel_threshold=0.5, drop_empty=False, flip_tta=False,
                  num_shards=1, shard_index=None, num_output_shards=None, batch_size=32,
-                 image_format="png", shards_per_pass=None, skip_counter=None,
+                 image_format="source", shards_per_pass=None, skip_counter=None,
                  labeled_counts="auto", progress=True, on_shard_done=None):
     """Labels `unlabeled` with `teacher` into `output_dir`; resumable and shardable.
 
@@ -297,7 +318,9 @@ def pseudo_label(teacher, unlabeled, output_dir, *, task=None, split=None, data_
         num_output_shards: output files; None = `default_num_output_shards(num_shards)`.
             Must be the same on every machine and in every re-run.
         batch_size: images per forward pass.
-        image_format: how records store the image: "png" (lossless) or "jpeg".
+        image_format: how records store the image: "source" (the source's own bytes where
+            it supplies them, i.e. TFDS sources, else PNG), "png" (lossless re-encoding) or
+            "jpeg" (lossy, quality 95).
         shards_per_pass: output shards written per pass over the source; None = all of this
             machine's unfinished shards in one pass.
         skip_counter: an `image_folder.SkipCounter` the caller passes with a Dataset from an
@@ -378,9 +401,11 @@ def _label_pass(teacher, examples, output_dir, group, num_output_shards, skip_co
                 flip_tta, batch_size, drop_empty, score_threshold, pixel_threshold,
                 image_format, bar, on_shard_done):
     """One pass over the source writing the output shards in `group`."""
-    wanted = tf.constant(group, tf.int64)
-    selected = examples.filter(lambda e: tf.reduce_any(
-        tf.equal(records.shard_of(e[ex.SOURCE_ID], num_output_shards), wanted)))
+    selected = examples
+    if len(group) < num_output_shards:
+        wanted = tf.constant(group, tf.int64)
+        selected = examples.filter(lambda e: tf.reduce_any(
+            tf.equal(records.shard_of(e[ex.SOURCE_ID], num_output_shards), wanted)))
     sinks = {j: _ShardSink(output_dir, j, num_output_shards, teacher.num_classes) for j in group}
     ok = False
     try:

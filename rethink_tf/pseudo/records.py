@@ -15,7 +15,7 @@ machine), so the split of the data into shards depends on nothing but the ids.
 One record (a `tf.train.Example`) per pseudo-labelled image:
 
     image/encoded      bytes    the original image, PNG (lossless; default) or JPEG
-    image/format       bytes    b"png" | b"jpeg"
+    image/format       bytes    b"png" | b"jpeg" (| b"gif" | b"bmp" when copied from a source)
     image/height       int64    original height
     image/width        int64    original width
     source_id          bytes    the unlabeled source's `source_id`
@@ -56,7 +56,10 @@ SETTINGS = "settings.json"
 DETECTION = "detection"
 SEGMENTATION = "segmentation"
 TASKS = (DETECTION, SEGMENTATION)
-IMAGE_FORMATS = ("png", "jpeg")
+# How records store images: "source" copies the source's own encoded bytes where it supplies
+# them (TFDS sources; no re-encoding, the exact stored file) and PNG elsewhere; "png"
+# re-encodes losslessly, "jpeg" lossily (quality 95).
+IMAGE_FORMATS = ("source", "png", "jpeg")
 # zlib level 1: 6x faster than TF's default level on 128 px photos, files ~3% larger (measured
 # in experiments/bench/PSEUDO.md); encoding is on the labeling critical path.
 PNG_COMPRESSION = 1
@@ -138,7 +141,7 @@ def encode_image(image: np.ndarray, image_format: str = "png") -> bytes:
         return tf.io.encode_png(image, compression=PNG_COMPRESSION).numpy()
     if image_format == "jpeg":
         return tf.io.encode_jpeg(image, quality=95).numpy()
-    raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
 
 
 def serialize_detection(encoded_image: bytes, source_id, height: int, width: int,
@@ -146,14 +149,14 @@ def serialize_detection(encoded_image: bytes, source_id, height: int, width: int
     """Serializes one detection pseudo label.
 
     Args:
-        encoded_image: the image's PNG/JPEG bytes.
+        encoded_image: the image's encoded bytes (a format `tf.io.decode_image` reads).
         source_id: the image's `source_id` (str or bytes).
         height: original image height.
         width: original image width.
         boxes: float [N, 4] absolute xyxy pixels.
         classes: int [N].
         scores: float [N] teacher scores.
-        image_format: "png" or "jpeg" (what `encoded_image` is).
+        image_format: what `encoded_image` is: "png", "jpeg", "gif" or "bmp".
 
     Returns:
         A serialized `tf.train.Example`.
@@ -178,13 +181,13 @@ def serialize_segmentation(encoded_image: bytes, source_id, height: int, width: 
     """Serializes one segmentation pseudo label.
 
     Args:
-        encoded_image: the image's PNG/JPEG bytes.
+        encoded_image: the image's encoded bytes (a format `tf.io.decode_image` reads).
         source_id: the image's `source_id`.
         height: original image height.
         width: original image width.
         mask: uint8 [H, W] or [H, W, 1] class ids, 255 = ignore.
         mean_confidence: mean top softmax probability over the image's pixels.
-        image_format: "png" or "jpeg".
+        image_format: what `encoded_image` is: "png", "jpeg", "gif" or "bmp".
 
     Returns:
         A serialized `tf.train.Example`.
@@ -206,8 +209,9 @@ def serialize_segmentation(encoded_image: bytes, source_id, height: int, width: 
 
 
 def _common(encoded_image, source_id, height, width, task, image_format):
-    if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    if image_format not in ex.ENCODED_MAGIC:
+        raise ValueError(f"image_format must be one of {tuple(ex.ENCODED_MAGIC)}, "
+                         f"got {image_format!r}")
     return {
         "image/encoded": _bytes([encoded_image]),
         "image/format": _bytes([image_format.encode()]),

@@ -47,6 +47,7 @@ import tensorflow as tf
 from absl import logging
 
 from rethink_tf.data import augment
+from rethink_tf.data import example as ex
 from rethink_tf.training import checkpoints as checkpoints_lib
 from rethink_tf.training import config as config_lib
 from rethink_tf.training import optimizer as optimizer_lib
@@ -67,7 +68,7 @@ SEGMENTATION_OUTPUTS = ("segmentation_masks", "segmentation_confidence", "image_
 OUTPUTS = {"detection": DETECTION_OUTPUTS, "segmentation": SEGMENTATION_OUTPUTS}
 
 # Magic numbers of the formats `tf.io.decode_image` reads.
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM")
+_MAGIC = tuple(ex.ENCODED_MAGIC.values())
 
 
 def next_version(output_base):

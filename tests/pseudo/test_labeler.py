@@ -89,6 +89,66 @@ def test_boxes_are_the_teachers_above_threshold_and_teacher_unchanged(
         np.testing.assert_array_equal(e[ex.IMAGE].numpy(), original[e[ex.SOURCE_ID].numpy()])
 
 
+def _raw_images(out):
+    """{source_id: (image/format, image/encoded)} straight from the shards' bytes."""
+    features = {k: tf.io.FixedLenFeature([], tf.string)
+                for k in ("source_id", "image/format", "image/encoded")}
+    ds = tf.data.TFRecordDataset(sorted(records.list_shards(str(out)).values()))
+    return {r["source_id"].numpy(): (r["image/format"].numpy(), r["image/encoded"].numpy())
+            for r in ds.map(lambda s: tf.io.parse_single_example(s, features))}
+
+
+def test_records_copy_the_sources_stored_bytes_or_reencode(det_teacher, tmp_path,
+                                                           digit_scenes_data_dir):
+    stored = {e[ex.SOURCE_ID].numpy(): (e[ex.ENCODED].numpy(), e[ex.IMAGE].numpy())
+              for e in sources.load(UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir,
+                                    keep_encoded=True)}
+    # keep_encoded decodes the image from the very bytes it keeps.
+    for encoded, image in list(stored.values())[:3]:
+        np.testing.assert_array_equal(tf.io.decode_image(encoded, channels=3).numpy(), image)
+    # Default ("source"): each record holds the TFDS file's JPEG bytes, unchanged.
+    _label(det_teacher, tmp_path / "source", digit_scenes_data_dir, num_output_shards=2)
+    raw = _raw_images(tmp_path / "source")
+    assert len(raw) == NUM_UNLABELED
+    assert all(fmt == b"jpeg" and data == stored[sid][0] for sid, (fmt, data) in raw.items())
+    # "png": re-encoded losslessly, so the same pixels in other bytes.
+    _label(det_teacher, tmp_path / "png", digit_scenes_data_dir, num_output_shards=2,
+           image_format="png")
+    raw = _raw_images(tmp_path / "png")
+    assert all(fmt == b"png" and data != stored[sid][0] for sid, (fmt, data) in raw.items())
+    for sid, (_, data) in list(raw.items())[:3]:
+        np.testing.assert_array_equal(tf.io.decode_png(data).numpy(), stored[sid][1])
+    # A dataset without stored bytes falls back to PNG under "source".
+    ds = labeler.load_unlabeled(UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir)
+    decoded_only = ds.map(lambda e: {ex.IMAGE: e[ex.IMAGE], ex.SOURCE_ID: e[ex.SOURCE_ID]})
+    labeler.pseudo_label(det_teacher, decoded_only, str(tmp_path / "dataset"), progress=False,
+                         batch_size=16, num_output_shards=2)
+    assert {fmt for fmt, _ in _raw_images(tmp_path / "dataset").values()} == {b"png"}
+    with pytest.raises(ValueError, match="image_format must be one of"):
+        _label(det_teacher, tmp_path / "bad", digit_scenes_data_dir, image_format="webp")
+
+
+def test_predict_stream_stops_its_thread_and_raises_its_errors(det_teacher,
+                                                               digit_scenes_data_dir):
+    import threading  # pylint: disable=g-import-not-at-top
+    ds = labeler.load_unlabeled(UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir)
+    before = threading.active_count()
+    stream = det_teacher.predict_stream(ds, batch_size=4)
+    next(stream)
+    stream.close()  # the consumer stops early: the prediction thread ends too
+    assert threading.active_count() == before
+
+    class Broken(teacher_lib.WorkdirTeacher):
+        def predict(self, batch, flip_tta):
+            raise RuntimeError("forward failed")
+
+    broken = Broken.__new__(Broken)
+    broken.__dict__.update(det_teacher.__dict__)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        list(broken.predict_stream(ds, batch_size=4))
+    assert threading.active_count() == before
+
+
 def test_negatives_kept_or_dropped(det_teacher, reference, tmp_path, digit_scenes_data_dir):
     top = sorted(float(p["scores"].max(initial=0.0)) for p in reference.values())
     # About half the images have no box at this threshold (midway: no score sits on it).
