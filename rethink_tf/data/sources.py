@@ -111,7 +111,8 @@ class SourceInfo:
 def load(name: str, split: str, *, data_dir: str | None = None,
          fraction: float | None = None, shuffle_files: bool = False,
          read_config=None, keep_crowd: bool = False, with_masks: bool = False,
-         skip_counter=None, keep_encoded: bool = False) -> tf.data.Dataset:
+         skip_counter=None, keep_encoded: bool = False,
+         images_only: bool = False) -> tf.data.Dataset:
     """Loads a source as a `tf.data.Dataset` of canonical examples.
 
     Args:
@@ -133,6 +134,9 @@ def load(name: str, split: str, *, data_dir: str | None = None,
         keep_encoded: TFDS names only: also emit `image/encoded`, the stored bytes the
             image was decoded from (read once: the image is decoded from these bytes), so a
             writer can copy them instead of re-encoding. Other sources ignore it.
+        images_only: only `image` and `source_id` (and `image/encoded`): labels, e.g. an
+            unlabeled split's hidden ground truth, are not read (TFDS: not even parsed or
+            decoded).
 
     Returns:
         A dataset of dicts with the canonical keys the source has.
@@ -165,7 +169,11 @@ def load(name: str, split: str, *, data_dir: str | None = None,
     else:
         ds = _load_tfds(name, split, data_dir=data_dir, shuffle_files=shuffle_files,
                         read_config=read_config, keep_crowd=keep_crowd, fraction=fraction,
-                        keep_encoded=keep_encoded)
+                        keep_encoded=keep_encoded, images_only=images_only)
+    if images_only:
+        keys = [k for k in (ex.IMAGE, ex.SOURCE_ID, ex.ENCODED) if k in ds.element_spec]
+        if len(keys) < len(ds.element_spec):
+            ds = ds.map(lambda e: {k: e[k] for k in keys})
     ex.check_example_spec(ds.element_spec, name)
     return ds
 
@@ -316,7 +324,7 @@ def _split_names(split: str) -> list[str]:
 
 
 def _load_tfds(name, split, *, data_dir, shuffle_files, read_config, keep_crowd, fraction,
-               keep_encoded=False):
+               keep_encoded=False, images_only=False):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = _tfds_builder(name, data_dir)
     builder.download_and_prepare()
@@ -338,9 +346,13 @@ def _load_tfds(name, split, *, data_dir, shuffle_files, read_config, keep_crowd,
         id_key = _TFDS_ID
     keep_encoded = keep_encoded and isinstance(features["image"], tfds.features.Image)
     decoders = {"image": tfds.decode.SkipDecoding()} if keep_encoded else None
+    if images_only:
+        # Parse and decode nothing but the image and its id (masks are PNGs to decode).
+        wanted = {"image": True, **({id_key: True} if id_key in features else {})}
+        decoders = tfds.decode.PartialDecoding(wanted, decoders=decoders)
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
                             decoders=decoders)
-    convert = _tfds_converter(features, id_key, keep_crowd, keep_encoded)
+    convert = _tfds_converter(features, id_key, keep_crowd, keep_encoded, images_only)
     if fraction is not None and fraction < 1.0:
         # Filter on the raw id before converting so dropped examples cost no work.
         ds = ds.filter(lambda raw: in_fraction(_to_string(raw[id_key]), fraction))
@@ -365,16 +377,17 @@ def _label_names(feature) -> tuple[str, ...]:
     return tuple(str(i) for i in range(int(getattr(feature, "num_classes", 0) or 0)))
 
 
-def _tfds_converter(features, id_key: str, keep_crowd: bool, keep_encoded: bool = False):
+def _tfds_converter(features, id_key: str, keep_crowd: bool, keep_encoded: bool = False,
+                    images_only: bool = False):
     """Builds the map fn from a TFDS example to a canonical example.
 
     With `keep_encoded`, `raw["image"]` holds the stored bytes (TFDS `SkipDecoding`); they
     are decoded here by the feature itself, exactly as TFDS would, and kept as `image/encoded`.
     """
-    objects_key = _objects_key(features)
+    objects_key = None if images_only else _objects_key(features)
     has_crowd = bool(objects_key) and "is_crowd" in features[objects_key]
-    has_mask = "segmentation_mask" in features
-    has_label = _has_scalar_label(features)
+    has_mask = "segmentation_mask" in features and not images_only
+    has_label = _has_scalar_label(features) and not images_only
 
     def convert(raw):
         encoded = None

@@ -98,8 +98,8 @@ def load_unlabeled(name: str, split: str | None = None, *, data_dir=None, skip_c
     # read once must not, or memory grows with the data (experiments/bench/PSEUDO.md).
     read_config = tfds.ReadConfig(try_autocache=False)
     ds = sources.load(name, split, data_dir=data_dir, skip_counter=skip_counter,
-                      read_config=read_config, keep_encoded=True)
-    return _images_only(ds)
+                      read_config=read_config, keep_encoded=True, images_only=True)
+    return ds
 
 
 def _images_only(ds):

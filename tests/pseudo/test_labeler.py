@@ -106,6 +106,12 @@ def test_records_copy_the_sources_stored_bytes_or_reencode(det_teacher, tmp_path
     # keep_encoded decodes the image from the very bytes it keeps.
     for encoded, image in list(stored.values())[:3]:
         np.testing.assert_array_equal(tf.io.decode_image(encoded, channels=3).numpy(), image)
+    # The labeler reads only images and ids: the hidden ground truth is not even decoded.
+    unlabeled = labeler.load_unlabeled(UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir)
+    assert set(unlabeled.element_spec) == {ex.IMAGE, ex.SOURCE_ID, ex.ENCODED}
+    first = next(iter(unlabeled))
+    np.testing.assert_array_equal(first[ex.IMAGE].numpy(),
+                                  stored[first[ex.SOURCE_ID].numpy()][1])
     # Default ("source"): each record holds the TFDS file's JPEG bytes, unchanged.
     _label(det_teacher, tmp_path / "source", digit_scenes_data_dir, num_output_shards=2)
     raw = _raw_images(tmp_path / "source")
