@@ -4,7 +4,7 @@ r"""Pseudo-labeling benchmark: images/s against the bare model, and peak memory 
 
 1. Builds a teacher workdir with the default detection config's model
    (`experiments/configs/detection.py`: RetinaNet, resnet_small, 128 px) and random weights.
-2. Bare model: the same compiled forward + decode as the teacher on preloaded float32 tensors
+2. Bare model: the same compiled forward + decode as the teacher on preloaded uint8 tensors
    (no input pipeline, no post-processing, no writing), batch 32, over as many images as the
    largest N, once before and once after the labeling runs (their mean is the reference).
 3. Pseudo-labeling: `labeler.pseudo_label` over the first N `digit_scenes/detection`
@@ -54,8 +54,8 @@ def bare(workdir, num_images, batch_size):
     teacher = teacher_lib.load_teacher(workdir)
     teacher.set_score_threshold(0.5)
     teacher._sync_decoder()  # pylint: disable=protected-access
-    images = tf.constant(np.random.RandomState(0).uniform(
-        0, 255, (batch_size,) + teacher.image_size + (3,)).astype(np.float32))
+    images = tf.constant(np.random.RandomState(0).randint(
+        0, 256, (batch_size,) + teacher.image_size + (3,)).astype(np.uint8))
     forward = teacher._forward  # pylint: disable=protected-access
     tf.nest.map_structure(lambda t: t.numpy(), forward(images))  # trace + warm up
     batches = max(num_images // batch_size, 1)

