@@ -171,11 +171,17 @@ def load(name: str, split: str, *, data_dir: str | None = None,
                         read_config=read_config, keep_crowd=keep_crowd, fraction=fraction,
                         keep_encoded=keep_encoded, images_only=images_only)
     if images_only:
-        keys = [k for k in (ex.IMAGE, ex.SOURCE_ID, ex.ENCODED) if k in ds.element_spec]
-        if len(keys) < len(ds.element_spec):
-            ds = ds.map(lambda e: {k: e[k] for k in keys})
+        ds = keep_images_only(ds)
     ex.check_example_spec(ds.element_spec, name)
     return ds
+
+
+def keep_images_only(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Canonical examples reduced to `image`, `source_id` and `image/encoded` (if present)."""
+    keys = [k for k in (ex.IMAGE, ex.SOURCE_ID, ex.ENCODED) if k in ds.element_spec]
+    if len(keys) == len(ds.element_spec):
+        return ds
+    return ds.map(lambda e: {k: e[k] for k in keys})
 
 
 def info(name: str, data_dir: str | None = None) -> SourceInfo:

@@ -102,10 +102,6 @@ def load_unlabeled(name: str, split: str | None = None, *, data_dir=None, skip_c
     return ds
 
 
-def _images_only(ds):
-    keys = [k for k in (ex.IMAGE, ex.SOURCE_ID, ex.ENCODED) if k in ds.element_spec]
-    return ds.map(lambda e: {k: e[k] for k in keys})
-
 
 def labeled_class_counts(config, num_classes: int):
     """Per-class boxes (detection) or mask pixels (segmentation) of a config's training set.
@@ -350,6 +346,7 @@ def pseudo_label(teacher, unlabeled, output_dir, *, task=None, split=None, data_
         teacher.set_score_threshold(score_threshold)
 
     from rethink_tf.data import image_folder  # pylint: disable=g-import-not-at-top
+    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
     if isinstance(unlabeled, str):
         split = split or default_split(unlabeled)
         desc = {"source": unlabeled, "split": split}
@@ -358,7 +355,7 @@ def pseudo_label(teacher, unlabeled, output_dir, *, task=None, split=None, data_
     else:
         desc = {"source": "<tf.data.Dataset>", "split": split}
         skip_counter = skip_counter or image_folder.SkipCounter()
-        examples = _images_only(unlabeled)
+        examples = sources.keep_images_only(unlabeled)
 
     prepare_output(teacher, desc, output_dir, score_threshold=score_threshold,
                    pixel_threshold=pixel_threshold, flip_tta=flip_tta, drop_empty=drop_empty,

@@ -14,7 +14,8 @@ machine), so the split of the data into shards depends on nothing but the ids.
 
 One record (a `tf.train.Example`) per pseudo-labelled image:
 
-    image/encoded      bytes    the original image, PNG (lossless; default) or JPEG
+    image/encoded      bytes    the original image: the source's stored bytes (default, TFDS
+                                sources), else PNG (lossless), or JPEG on request
     image/format       bytes    b"png" | b"jpeg" (| b"gif" | b"bmp" when copied from a source)
     image/height       int64    original height
     image/width        int64    original width
