@@ -1,9 +1,11 @@
 """COCO box AP with pycocotools, fed batch by batch.
 
-Ground truth is either built from the dataset as batches arrive (boxes in absolute xyxy pixels,
-classes 0..C-1, rows with class -1 are padding) or read from an official annotation JSON (for
-coco/2017 numbers), in which case contiguous class ids are mapped back to the JSON's category
-ids and image ids must be the JSON's.
+Ground truth is either built from the dataset as images arrive (boxes in absolute xyxy pixels,
+classes 0..C-1, rows with class -1 are padding) or read from an annotation JSON (the
+dataset's own: crowds and areas as annotated), in which case contiguous class ids are mapped
+back to the JSON's category ids and image ids must be the JSON's (or their strings, as
+`source_id`s are). `write_detections` gives a COCO results file on which pycocotools run by
+hand with the same JSON reproduces `result()` exactly.
 
     evaluator = CocoDetectionEvaluator(num_classes=10)
     for images, gt in eval_dataset:
@@ -19,6 +21,7 @@ evaluation: AP integrates over the low-score tail, and a high threshold is a cla
 import contextlib
 import io
 import json
+import os
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -80,6 +83,7 @@ class CocoDetectionEvaluator:
             self.category_ids = list(category_ids or coco_category_ids(annotation_file))
             if not class_names:
                 class_names = [self._gt_json.cats[cid]["name"] for cid in self.category_ids]
+            self._json_ids = {str(i): i for i in self._gt_json.imgs}
         else:
             if num_classes is None:
                 raise ValueError("CocoDetectionEvaluator needs num_classes when no "
@@ -98,11 +102,19 @@ class CocoDetectionEvaluator:
         self._detections = []
         self._image_index = {}
 
+    @property
+    def num_images(self):
+        """Images added since `reset`."""
+        return len(self._images)
+
     def _image_id(self, key):
         # Internal ids are ints (pycocotools needs them); keys may be source_id strings.
+        if isinstance(key, bytes):
+            key = key.decode()
         if self._gt_json is not None:
-            image_id = int(key.decode() if isinstance(key, bytes) else key)
-            if image_id not in self._gt_json.imgs:
+            # source_id is str(image id) for every COCO source; JSON ids may be int or str.
+            image_id = self._json_ids.get(str(key))
+            if image_id is None:
                 raise ValueError(f"image id {key!r} is not in {self._annotation_file}")
             if image_id in self._image_index:
                 raise ValueError(f"image id {key!r} was already evaluated")
@@ -122,6 +134,48 @@ class CocoDetectionEvaluator:
             raise ValueError(f"class id {class_id} outside [0, {len(self.category_ids)})")
         return self.category_ids[class_id]
 
+    def add_image(self, key, gt_boxes=None, gt_classes=None, det_boxes=None,
+                  det_classes=None, det_scores=None):
+        """Adds one image: its ground truth (without an annotation file) and detections.
+
+        Args:
+            key: the image's id (int or source_id string; the JSON's id with an
+                annotation file); unique.
+            gt_boxes: float [M, 4] xyxy pixels; rows with class < 0 are skipped. Ignored
+                (may be None) with an annotation file.
+            gt_classes: [M] contiguous class ids.
+            det_boxes: float [N, 4] xyxy pixels (only real detections, no padding).
+            det_classes: [N] contiguous class ids; rows with class < 0 are skipped.
+            det_scores: [N] confidences.
+
+        Returns:
+            The image id used in the COCO datasets (the JSON's id with an annotation file).
+        """
+        image_id = self._image_id(key)
+        if self._gt_json is None and gt_boxes is not None:
+            for box, cls in zip(np.asarray(gt_boxes).reshape(-1, 4),
+                                np.asarray(gt_classes).reshape(-1)):
+                if cls < 0:
+                    continue
+                xywh = _xyxy_to_xywh(box)
+                self._gt_annotations.append({
+                    "id": len(self._gt_annotations) + 1, "image_id": image_id,
+                    "category_id": self._category(cls), "bbox": xywh,
+                    "area": max(xywh[2], 0.0) * max(xywh[3], 0.0), "iscrowd": 0})
+        if det_boxes is not None:
+            for box, cls, score in zip(np.asarray(det_boxes).reshape(-1, 4),
+                                       np.asarray(det_classes).reshape(-1),
+                                       np.asarray(det_scores).reshape(-1)):
+                if cls < 0:
+                    continue
+                xywh = _xyxy_to_xywh(box)
+                # The fields pycocotools' loadRes adds, so a results file gives the same eval.
+                self._detections.append({
+                    "id": len(self._detections) + 1, "image_id": image_id,
+                    "category_id": self._category(cls), "bbox": xywh, "score": float(score),
+                    "area": xywh[2] * xywh[3], "iscrowd": 0})
+        return image_id
+
     def update(self, ground_truth_batch, predictions_batch, image_ids=None):
         """Adds a batch of ground truth and decoded predictions.
 
@@ -132,13 +186,15 @@ class CocoDetectionEvaluator:
                 "classes": [B, N], "confidence": [B, N], "num_detections": [B]}; rows past
                 `num_detections` or with class -1 are padding.
             image_ids: optional [B] unique ids (ints or source_id strings); required with
-                `annotation_file` (the JSON's image ids). Default: consecutive numbers.
+                `annotation_file` (the JSON's image ids, or their strings). Default:
+                consecutive numbers.
         """
         pred_boxes = _numpy(predictions_batch["boxes"])
         pred_classes = _numpy(predictions_batch["classes"])
         pred_scores = _numpy(predictions_batch["confidence"])
         num_dets = _numpy(predictions_batch.get("num_detections"))
         batch = pred_boxes.shape[0]
+        gt_boxes = gt_classes = None
         if self._gt_json is not None:
             if image_ids is None:
                 raise ValueError("image_ids (the annotation file's ids) are required when "
@@ -156,26 +212,36 @@ class CocoDetectionEvaluator:
             raise ValueError(f"{len(image_ids)} image_ids for a batch of {batch}")
         for i in range(batch):
             key = image_ids[i].item() if image_ids is not None else f"__auto_{len(self._images)}"
-            image_id = self._image_id(key)
-            if self._gt_json is None:
-                for box, cls in zip(gt_boxes[i], gt_classes[i]):
-                    if cls < 0:
-                        continue
-                    xywh = _xyxy_to_xywh(box)
-                    self._gt_annotations.append({
-                        "id": len(self._gt_annotations) + 1, "image_id": image_id,
-                        "category_id": self._category(cls), "bbox": xywh,
-                        "area": max(xywh[2], 0.0) * max(xywh[3], 0.0), "iscrowd": 0})
             count = int(num_dets[i]) if num_dets is not None else pred_boxes.shape[1]
-            for box, cls, score in zip(pred_boxes[i, :count], pred_classes[i, :count],
-                                       pred_scores[i, :count]):
-                if cls < 0:
-                    continue
-                xywh = _xyxy_to_xywh(box)
-                self._detections.append({
-                    "id": len(self._detections) + 1, "image_id": image_id,
-                    "category_id": self._category(cls), "bbox": xywh, "score": float(score),
-                    "area": max(xywh[2], 0.0) * max(xywh[3], 0.0), "iscrowd": 0})
+            self.add_image(key,
+                           None if gt_boxes is None else gt_boxes[i],
+                           None if gt_classes is None else gt_classes[i],
+                           pred_boxes[i, :count], pred_classes[i, :count],
+                           pred_scores[i, :count])
+
+    def detections(self):
+        """The detections seen so far in COCO results format (a list of dicts).
+
+        Each is {"image_id", "category_id", "bbox": [x, y, w, h] in original pixels,
+        "score"}; with an annotation file, ids are the JSON's, so
+        `COCO(annotation_file).loadRes(detections)` reproduces `result()`.
+        """
+        return [{k: d[k] for k in ("image_id", "category_id", "bbox", "score")}
+                for d in self._detections]
+
+    def write_detections(self, path):
+        """Writes `detections()` as a COCO results JSON, atomically (temp + rename)."""
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.detections(), f)
+        os.replace(tmp, path)
+        return path
+
+    def ground_truth_dataset(self):
+        """The ground truth as a COCO dataset dict (the annotation file's, or the one built)."""
+        return self._ground_truth().dataset
 
     def _ground_truth(self):
         if self._gt_json is not None:
