@@ -19,8 +19,8 @@ Per-term and per-sub-batch losses for a custom train_step (ONE forward pass):
     loss = human["loss"] + weight * pseudo["loss"]
 (equal to `detector_loss_terms` on each sub-batch's `slice_predictions`, which is slower). Each
 call returns the box and classification terms normalised like Keras-CV's
-`RetinaNet.compute_loss` (by the number of positive anchors of that sub-batch; 0, not NaN, when
-it has none), plus per-image sums and positive counts for other normalisations. On the whole
+`Detector.compute_loss` (by max(1, positive anchors of that sub-batch), so a sub-batch without
+boxes still gives its background loss), plus per-image sums and positive counts for other normalisations. On the whole
 batch, `detector_loss_terms(...)["loss"]` equals `model.compute_loss(x, y, y_pred)` (without
 regularisation losses).
 """
@@ -200,12 +200,14 @@ class Detector(keras_cv.models.RetinaNet):
         return super().train_step(*args[:-1], _as_pair(args[-1]))
 
     def compute_loss(self, x, y, y_pred, sample_weight=None, **kwargs):
-        """Keras-CV's RetinaNet loss, normalised by the GLOBAL number of positive anchors.
+        """Keras-CV's RetinaNet loss, normalised by max(1, GLOBAL number of positive anchors).
 
         Keras-CV divides by each replica's own positive count, so under tf.distribute a step
         differs from the single-device step on the same global batch; here the count is
         summed over replicas (`losses.cross_replica_normalizer`), which makes them equal.
-        With no positive anchor anywhere, both terms are 0 as in Keras-CV.
+        Keras-CV also zeroes the loss of a batch without positive anchors; dividing by at
+        least 1 (tf-models-official divides by positives + 1) keeps the background loss of
+        box-less images, and keeps one or two positives from inflating a whole batch's loss.
         """
         del sample_weight, kwargs
         y = keras_cv.bounding_box.convert_format(
@@ -215,7 +217,7 @@ class Detector(keras_cv.models.RetinaNet):
         cls_labels = ops.one_hot(ops.cast(classes, "int32"), self.num_classes, dtype="float32")
         positive = ops.cast(ops.greater(classes, -1.0), "float32")
         not_ignored = ops.cast(ops.not_equal(classes, -2.0), "float32")
-        scale = ops.divide_no_nan(1.0, losses_lib.cross_replica_normalizer(ops.sum(positive)))
+        scale = 1.0 / positive_normalizer(ops.sum(positive))
         # The grandparent (keras.Model) applies the compiled per-output losses and weights.
         return super(keras_cv.models.RetinaNet, self).compute_loss(
             x=x, y={"box": boxes, "classification": cls_labels}, y_pred=y_pred,
@@ -405,10 +407,10 @@ def detector_loss_terms(model, images, y_true, y_pred):
     """Box and classification losses of a (sub-)batch from already computed predictions.
 
     Mirrors `Detector.compute_loss`: focal loss over non-ignored anchors and
-    box loss over positive anchors, both summed and divided by the number of positive anchors
-    in the (sub-)batch (summed over replicas under tf.distribute); both terms are 0 (finite)
-    when it has no positive anchor, e.g. when no
-    image has a box. Uses the losses passed to `model.compile` (per-anchor, via their `call`)
+    box loss over positive anchors, both summed and divided by max(1, positive anchors in the
+    (sub-)batch) (summed over replicas under tf.distribute, see `positive_normalizer`); with
+    no positive anchor, e.g. when no image has a box, the box term is 0 and the focal term is
+    the background loss. Uses the losses passed to `model.compile` (per-anchor, via their `call`)
     or Keras-CV's focal and smooth-L1 losses if the model is not compiled.
 
     Args:
@@ -452,14 +454,21 @@ def sub_batch_loss_terms(terms, start, stop):
       {"loss", "box_loss", "classification_loss", "num_positives"} (scalars).
     """
     positives = ops.sum(terms["num_positives_per_image"][start:stop])
-    # Keras-CV zeroes the whole loss when no anchor is positive; divide_no_nan does the same.
-    # Global normaliser under tf.distribute, so sub-batch losses match a single device.
-    normalizer = losses_lib.cross_replica_normalizer(positives)
-    box_loss = ops.divide_no_nan(ops.sum(terms["box_loss_per_image"][start:stop]), normalizer)
-    cls_loss = ops.divide_no_nan(ops.sum(terms["classification_loss_per_image"][start:stop]),
-                                 normalizer)
+    normalizer = positive_normalizer(positives)
+    box_loss = ops.sum(terms["box_loss_per_image"][start:stop]) / normalizer
+    cls_loss = ops.sum(terms["classification_loss_per_image"][start:stop]) / normalizer
     return {"loss": box_loss + cls_loss, "box_loss": box_loss, "classification_loss": cls_loss,
             "num_positives": positives}
+
+
+def positive_normalizer(local_positives):
+    """max(1, positive anchors of the (sub-)batch summed over replicas): the loss divisor.
+
+    Global, so that a distributed step equals the single-device step; at least 1, so that a
+    (sub-)batch without boxes still teaches background (Keras-CV's `divide_no_nan` zeroed
+    it) and a batch with one positive anchor is not scaled up by its count.
+    """
+    return ops.maximum(losses_lib.cross_replica_normalizer(local_positives), 1.0)
 
 
 def decode_detections(model, y_pred, images):

@@ -73,9 +73,29 @@ def test_sub_batch_losses_partition_the_full_batch(model):
                 "num_positives_per_image"):
         np.testing.assert_allclose(np.concatenate([np.asarray(p[key]) for p in parts]),
                                    np.asarray(full[key]), rtol=1e-5)
-    # A sub-batch without any box: finite, zero loss (Keras-CV's convention), never NaN.
+    # A sub-batch without any box: its background loss divided by 1, never 0 or NaN (Keras-CV
+    # zeroed it, so negative-only images taught nothing).
     empty = parts[1]
-    assert float(empty["loss"]) == 0.0 and float(empty["num_positives"]) == 0.0
+    assert float(empty["num_positives"]) == 0.0 and float(empty["box_loss"]) == 0.0
+    np.testing.assert_allclose(float(empty["classification_loss"]),
+                               float(full["classification_loss_per_image"][1]), rtol=1e-6)
+    assert float(empty["loss"]) > 0.0
+
+
+def test_loss_is_divided_by_at_least_one_positive(model):
+    """NumPy reference: (sum of box and focal losses) / max(1, positive anchors)."""
+    images, y = _batch()
+    y_pred = model(images)
+    terms = detector_lib.detector_loss_terms(model, images, y, y_pred)
+    per_box = np.asarray(terms["box_loss_per_image"])
+    per_cls = np.asarray(terms["classification_loss_per_image"])
+    positives = np.asarray(terms["num_positives_per_image"])
+    for start, stop in ((0, 2), (0, 1), (1, 2)):
+        sub = detector_lib.sub_batch_loss_terms(terms, start, stop)
+        divisor = max(1.0, positives[start:stop].sum())
+        np.testing.assert_allclose(
+            float(sub["loss"]), (per_box[start:stop].sum() + per_cls[start:stop].sum()) / divisor,
+            rtol=1e-5)
 
 
 def test_train_on_batch_with_an_empty_image_is_finite_and_overfits():
@@ -91,7 +111,19 @@ def test_train_on_batch_with_an_empty_image_is_finite_and_overfits():
     assert history[-1] < 0.5 * first
     empty_y = {"boxes": -np.ones((2, 2, 4), "float32"), "classes": -np.ones((2, 2), "float32")}
     logs = model.train_on_batch(images, empty_y, return_dict=True)
-    assert logs["loss"] == 0.0 and all(np.isfinite(v) for v in logs.values())
+    assert logs["loss"] > 0.0 and all(np.isfinite(v) for v in logs.values())
+
+
+def test_images_without_boxes_teach_background():
+    """On negative-only batches the focal loss still falls (Keras-CV's loss was 0 there)."""
+    keras.utils.set_random_seed(0)
+    model = _tiny_detector()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), box_loss="smoothl1",
+                  classification_loss="focal")
+    images, _ = _batch()
+    empty_y = {"boxes": -np.ones((2, 2, 4), "float32"), "classes": -np.ones((2, 2), "float32")}
+    losses = [model.train_on_batch(images, empty_y, return_dict=True)["loss"] for _ in range(5)]
+    assert losses[0] > 0.0 and losses[-1] < losses[0]
 
 
 def _one_hot_prediction(anchor_index, logit_high, extra=None):
