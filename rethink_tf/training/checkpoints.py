@@ -47,7 +47,7 @@ class CheckpointManager:
         """Restores the latest checkpoint if there is one; returns its path or None."""
         path = self._latest.latest_checkpoint
         if path:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            self.restore(path)
         return path
 
     def restore(self, path):
@@ -58,14 +58,14 @@ class CheckpointManager:
             restored (another architecture, or written before `models.tracking` saved every
             variable): evaluating such a partly restored model would be silently wrong.
         """
-        status = self.checkpoint.restore(path)
         try:
+            status = self.checkpoint.restore(path)
             status.assert_existing_objects_matched()
-        except AssertionError as e:
+        except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
             raise ValueError(
-                f"checkpoint {path!r} does not hold every variable of this model (written for "
-                f"another architecture, or by a version that did not save them all): "
-                f"{str(e)[:500]}") from e
+                f"checkpoint {path!r} does not hold every variable of this model, or holds "
+                f"them with other shapes (written for another architecture or config, or by "
+                f"a version that did not save them all): {str(e)[:500]}") from e
         status.expect_partial()
         return path
 
@@ -112,6 +112,53 @@ def assert_all_tracked(checkpoint, model):
             f"model {model.name!r}: {len(missing)} variable(s) would not be saved in checkpoints "
             f"({names}{', ...' if len(missing) > 5 else ''}); call "
             "`rethink_tf.models.tracking.track_sublayer_lists(model)` after building it")
+
+
+def find_checkpoint(workdir, which="best"):
+    """The checkpoint of a training workdir: `best` (else the latest) or `latest`.
+
+    Raises:
+      FileNotFoundError: the workdir has no checkpoint.
+    """
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
+    directory = os.path.join(workdir, "checkpoints")
+    path = tf.train.latest_checkpoint(os.path.join(directory, "best")) if which == "best" else None
+    path = path or tf.train.latest_checkpoint(directory)
+    if path is None:
+        raise FileNotFoundError(f"{workdir!r} has no checkpoint in {directory!r}")
+    return path
+
+
+def restore_model(model, workdir, which="best"):
+    """Restores only the model of a training workdir's checkpoint, strictly.
+
+    Every variable of `model` must get a value (same architecture); the checkpoint's other
+    objects (optimiser, step, a student's loss-normaliser state) are left out, so the model
+    starts a new run with the weights alone.
+
+    Args:
+      model: the model to fill.
+      workdir: a training workdir.
+      which: "best" (else latest) or "latest".
+
+    Returns:
+      The checkpoint path.
+
+    Raises:
+      FileNotFoundError: no checkpoint.
+      ValueError: the checkpoint does not hold every variable of `model`.
+    """
+    path = find_checkpoint(workdir, which)
+    try:
+        status = tf.train.Checkpoint(model=model).read(path)
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        raise ValueError(
+            f"checkpoint {path!r} does not hold every variable of this model, or holds them "
+            f"with other shapes (another architecture?): {str(e)[:500]}") from e
+    status.expect_partial()
+    return path
 
 
 def step_of(path):

@@ -34,6 +34,37 @@ def _cross_replica_sum(value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+class LossNormalizerState(tf.Module):
+    """The student's loss-normaliser state: two moving averages and their update counts.
+
+    Kept outside the Keras model's weights on purpose: a checkpoint's `model` then holds the
+    task model alone, so a teacher (supervised or student) restores strictly into the next
+    student (`init=teacher:`) and the next student's normaliser starts afresh; the training
+    checkpoint saves it beside the model (`checkpoint_extras`), so a resumed student continues
+    with its averages. Replicas hold identical values (they are assigned from all-reduced
+    losses).
+    """
+
+    def __init__(self):
+        super().__init__(name="loss_normalizer")
+
+        def variable(name):
+            return tf.Variable(0.0, trainable=False, name=name,
+                               synchronization=tf.VariableSynchronization.ON_WRITE,
+                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+        self.avg_human_loss = variable("avg_human_loss")
+        self.avg_pseudo_loss = variable("avg_pseudo_loss")
+        self.human_updates = variable("human_updates")
+        self.pseudo_updates = variable("pseudo_updates")
+
+    def reset(self):
+        """Forgets the averages (a new student)."""
+        for v in (self.avg_human_loss, self.avg_pseudo_loss, self.human_updates,
+                  self.pseudo_updates):
+            v.assign(0.0)
+
+
 class StudentMixin:
     """Adds the student train_step to a task model class (detector or segmenter).
 
@@ -43,28 +74,37 @@ class StudentMixin:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Replicas hold identical values (they are assigned all-reduced losses).
-        self.avg_human_loss = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                              name="avg_human_loss", aggregation="mean")
-        self.avg_pseudo_loss = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                               name="avg_pseudo_loss", aggregation="mean")
-        self.normalizer_updates = self.add_weight(shape=(), initializer="zeros",
-                                                  trainable=False, name="normalizer_updates",
-                                                  aggregation="mean")
+        # object.__setattr__: neither Keras nor TF's auto-tracking may make it part of the
+        # model (see LossNormalizerState); the training checkpoint adds it explicitly.
+        object.__setattr__(self, "loss_normalizer", LossNormalizerState())
         self.student_task = "detection"
-        self.alpha, self.loss_norm, self.decay = 1.0, True, 0.99
+        self.alpha, self.loss_norm, self.decay, self.average_terms = 1.0, True, 0.99, False
         self._trackers = {}
 
-    def configure_student(self, task, alpha=1.0, loss_norm_on=True, decay=0.99):
-        """Sets the task and the loss-normalisation hyper-parameters."""
+    def checkpoint_extras(self):
+        """Objects a training checkpoint saves beside the model."""
+        return {"loss_normalizer": self.loss_normalizer}
+
+    def configure_student(self, task, alpha=1.0, loss_norm_on=True, decay=0.99,
+                          average_terms=False):
+        """Sets the task and the loss-normalisation hyper-parameters (see `loss_norm`)."""
         self.student_task = task
         self.alpha, self.loss_norm, self.decay = float(alpha), bool(loss_norm_on), float(decay)
+        self.average_terms = bool(average_terms)
         names = ["loss", "human_loss", "pseudo_loss", "avg_human_loss", "avg_pseudo_loss",
                  "pseudo_weight"]
         if task == "detection":
             names += ["human_box_loss", "human_classification_loss", "pseudo_box_loss",
                       "pseudo_classification_loss", "pseudo_positives"]
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+
+    @property
+    def avg_human_loss(self):
+        return self.loss_normalizer.avg_human_loss
+
+    @property
+    def avg_pseudo_loss(self):
+        return self.loss_normalizer.avg_pseudo_loss
 
     @property
     def metrics(self):
@@ -85,7 +125,12 @@ class StudentMixin:
         return super()._symbolic_build(data_batch=data_batch)
 
     def student_losses(self, images, targets, y_pred, human_size):
-        """(L_h, L_p, extra terms) from one forward pass over [human; pseudo] images."""
+        """(L_h, L_p, extra terms) from one forward pass over [human; pseudo] images.
+
+        `extra` holds, besides the per-term losses logged, `human_targets` and
+        `pseudo_targets`: this replica's count of what each loss is normalised by (positive
+        anchors, labelled pixels); the normaliser sums them over replicas.
+        """
         (h_images, _), (h_targets, p_targets) = images, targets
         # Per-image loss sums over the whole batch, split afterwards: slicing the predictions
         # first costs full-size gradient buffers per slice (for segmentation the student step
@@ -100,13 +145,15 @@ class StudentMixin:
                      "human_classification_loss": human["classification_loss"],
                      "pseudo_box_loss": pseudo["box_loss"],
                      "pseudo_classification_loss": pseudo["classification_loss"],
-                     "pseudo_positives": pseudo["num_positives"]}
+                     "human_targets": human["num_positives"],
+                     "pseudo_targets": pseudo["num_positives"]}
             return human["loss"], pseudo["loss"], extra
         loss_sum, count = losses_lib.masked_sparse_categorical_crossentropy_per_example(
             ops.concatenate([h_targets, p_targets], axis=0), y_pred)
         return (losses_lib.normalised_pixel_loss(loss_sum[:human_size], count[:human_size]),
                 losses_lib.normalised_pixel_loss(loss_sum[human_size:], count[human_size:]),
-                {})
+                {"human_targets": ops.sum(count[:human_size]),
+                 "pseudo_targets": ops.sum(count[human_size:])})
 
     def train_step(self, data):
         if not is_student_batch(data):
@@ -118,35 +165,48 @@ class StudentMixin:
             y_pred = self(images, training=True)
             human_loss, pseudo_loss, extra = self.student_losses(
                 (h_images, p_images), (h_targets, p_targets), y_pred, human_size)
-            weight = self._update_normalizer(human_loss, pseudo_loss)
-            total = loss_norm.total_loss(human_loss, pseudo_loss, weight)
+            human_targets = _cross_replica_sum(extra.pop("human_targets"))
+            pseudo_targets = _cross_replica_sum(extra.pop("pseudo_targets"))
+            weight = self._update_normalizer(human_loss, pseudo_loss, human_targets > 0,
+                                             pseudo_targets > 0)
+            total = loss_norm.total_loss(human_loss, pseudo_loss, weight,
+                                         self.alpha if self.average_terms else None)
             scaled = self.optimizer.scale_loss(total)
         gradients = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        values = {"loss": total, "human_loss": human_loss, "pseudo_loss": pseudo_loss,
-                  "avg_human_loss": self.avg_human_loss, "avg_pseudo_loss": self.avg_pseudo_loss,
-                  "pseudo_weight": weight, **extra}
+        if self.student_task == "detection":
+            extra["pseudo_positives"] = pseudo_targets
+        values = {"loss": total, "human_loss": human_loss, "pseudo_loss": pseudo_loss, **extra}
         for name, value in values.items():
             # Per-replica losses are partial sums of the global loss: report the global value.
-            if name in ("avg_human_loss", "avg_pseudo_loss", "pseudo_weight",
-                        "pseudo_positives"):
-                self._trackers[name].update_state(ops.convert_to_tensor(value))
+            if name == "pseudo_positives":
+                self._trackers[name].update_state(value)
             else:
                 self._trackers[name].update_state(_cross_replica_sum(value))
+        # Already global (assigned from all-reduced values).
+        for name, value in (("avg_human_loss", self.avg_human_loss),
+                            ("avg_pseudo_loss", self.avg_pseudo_loss), ("pseudo_weight", weight)):
+            self._trackers[name].update_state(ops.convert_to_tensor(value))
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
-    def _update_normalizer(self, human_loss, pseudo_loss):
-        """Updates the moving averages with the global losses; returns the pseudo weight."""
+    def _update_normalizer(self, human_loss, pseudo_loss, human_has_targets=True,
+                           pseudo_has_targets=True):
+        """Updates the moving averages with the global losses; returns the pseudo weight.
+
+        An average moves only when its stream had targets in the global batch.
+        """
+        state = self.loss_normalizer
         human = _cross_replica_sum(ops.stop_gradient(human_loss))
         pseudo = _cross_replica_sum(ops.stop_gradient(pseudo_loss))
-        count = self.normalizer_updates
-        self.avg_human_loss.assign(
-            loss_norm.update_moving_average(self.avg_human_loss, human, self.decay, count))
-        self.avg_pseudo_loss.assign(
-            loss_norm.update_moving_average(self.avg_pseudo_loss, pseudo, self.decay, count))
-        self.normalizer_updates.assign(count + 1.0)
-        return loss_norm.pseudo_weight(self.avg_human_loss, self.avg_pseudo_loss, self.alpha,
-                                       self.loss_norm)
+        for average, count, value, has_targets in (
+                (state.avg_human_loss, state.human_updates, human, human_has_targets),
+                (state.avg_pseudo_loss, state.pseudo_updates, pseudo, pseudo_has_targets)):
+            new_average, new_count = loss_norm.update_moving_average(
+                average, value, self.decay, count, has_targets)
+            average.assign(new_average)
+            count.assign(new_count)
+        return loss_norm.pseudo_weight(state.avg_human_loss, state.avg_pseudo_loss, self.alpha,
+                                       self.loss_norm, state.human_updates, state.pseudo_updates)
 
 
 def concat_box_targets(first, second):
@@ -188,7 +248,8 @@ def build_student_model(config, num_classes):
                          f"not {config.task!r}")
     model = tasks.build_model(config, num_classes, model_class_fn=student_class)
     st = config.self_training
-    model.configure_student(config.task, st.alpha, st.loss_norm, st.decay)
+    model.configure_student(config.task, st.alpha, st.loss_norm, st.decay,
+                            st.get("average_terms", False))
     return model
 
 

@@ -17,35 +17,72 @@ from test_trainer import tiny_config  # pylint: disable=g-bad-import-order
 import distributed_step  # tests/distributed_step.py  # pylint: disable=g-bad-import-order
 
 
-def numpy_normalizer(human, pseudo, alpha, decay):
-    """Reference: EMA (first value = value), weight = alpha * avg_h / avg_p."""
+def numpy_normalizer(human, pseudo, alpha, decay, human_has=None, pseudo_has=None,
+                     average_terms=False):
+    """Reference: per stream, an EMA that starts at its first step WITH targets and skips
+    steps without; weight = alpha * avg_h / avg_p once both exist (else alpha)."""
+    n = len(human)
+    human_has = [True] * n if human_has is None else human_has
+    pseudo_has = [True] * n if pseudo_has is None else pseudo_has
     avg_h = avg_p = None
     totals, weights = [], []
-    for h, p in zip(human, pseudo):
-        avg_h = h if avg_h is None else decay * avg_h + (1 - decay) * h
-        avg_p = p if avg_p is None else decay * avg_p + (1 - decay) * p
-        w = alpha * avg_h / avg_p
+    for h, p, h_ok, p_ok in zip(human, pseudo, human_has, pseudo_has):
+        if h_ok:
+            avg_h = h if avg_h is None else decay * avg_h + (1 - decay) * h
+        if p_ok:
+            avg_p = p if avg_p is None else decay * avg_p + (1 - decay) * p
+        w = alpha * avg_h / avg_p if avg_h is not None and avg_p is not None else alpha
         weights.append(w)
-        totals.append(h + w * p)
+        total = h + w * p
+        totals.append(total / (1 + alpha) if average_terms else total)
     return np.array(totals), np.array(weights)
 
 
-def test_loss_normalizer_matches_numpy_reference():
+def _run_normalizer(human, pseudo, alpha, decay, human_has, pseudo_has, average_terms=False):
+    avg_h = avg_p = 0.0
+    count_h = count_p = 0.0
+    totals, weights = [], []
+    for h, p, h_ok, p_ok in zip(human, pseudo, human_has, pseudo_has):
+        avg_h, count_h = loss_norm.update_moving_average(avg_h, h, decay, count_h, h_ok)
+        avg_p, count_p = loss_norm.update_moving_average(avg_p, p, decay, count_p, p_ok)
+        w = loss_norm.pseudo_weight(avg_h, avg_p, alpha, True, count_h, count_p)
+        weights.append(float(w))
+        totals.append(float(loss_norm.total_loss(h, p, w, alpha if average_terms else None)))
+    return np.array(totals), np.array(weights)
+
+
+@pytest.mark.parametrize("average_terms", [False, True])
+def test_loss_normalizer_matches_numpy_reference(average_terms):
     rng = np.random.default_rng(0)
     human = rng.uniform(0.5, 2.0, 12)
     pseudo = rng.uniform(5.0, 500.0, 12)  # pseudo losses can be 10-1000x the human loss
-    ref_totals, ref_weights = numpy_normalizer(human, pseudo, alpha=0.7, decay=0.9)
-    avg_h = avg_p = 0.0
-    for i, (h, p) in enumerate(zip(human, pseudo)):
-        avg_h = loss_norm.update_moving_average(avg_h, h, 0.9, i)
-        avg_p = loss_norm.update_moving_average(avg_p, p, 0.9, i)
-        w = loss_norm.pseudo_weight(avg_h, avg_p, 0.7, True)
-        np.testing.assert_allclose(float(w), ref_weights[i], rtol=1e-5)
-        np.testing.assert_allclose(float(loss_norm.total_loss(h, p, w)), ref_totals[i],
-                                   rtol=1e-5)
+    always = [True] * 12
+    ref_totals, ref_weights = numpy_normalizer(human, pseudo, 0.7, 0.9,
+                                               average_terms=average_terms)
+    totals, weights = _run_normalizer(human, pseudo, 0.7, 0.9, always, always, average_terms)
+    np.testing.assert_allclose(weights, ref_weights, rtol=1e-5)
+    np.testing.assert_allclose(totals, ref_totals, rtol=1e-5)
     assert float(loss_norm.pseudo_weight(1.0, 4.0, 0.5, False)) == 0.5
-    # No pseudo loss seen yet: the weight stays finite.
-    assert float(loss_norm.pseudo_weight(1.0, 0.0, 1.0, True)) == 1.0
+
+
+def test_empty_batches_do_not_move_the_averages():
+    """Empty pseudo (and human) batches, the first one included, are skipped by the averages:
+    the weight after them is what the non-empty steps alone give (not ~100x)."""
+    rng = np.random.default_rng(1)
+    human = rng.uniform(0.5, 2.0, 10)
+    pseudo = rng.uniform(0.5, 2.0, 10)
+    pseudo_has = [False, True, True, False, False, True, True, True, False, True]
+    human_has = [True, True, False, True, True, True, True, True, True, True]
+    pseudo = np.where(pseudo_has, pseudo, 0.01)  # an empty stream's loss is near 0
+    ref_totals, ref_weights = numpy_normalizer(human, pseudo, 1.0, 0.9, human_has, pseudo_has)
+    totals, weights = _run_normalizer(human, pseudo, 1.0, 0.9, human_has, pseudo_has)
+    np.testing.assert_allclose(weights, ref_weights, rtol=1e-5)
+    np.testing.assert_allclose(totals, ref_totals, rtol=1e-5)
+    assert weights[0] == 1.0  # no pseudo average yet: ratio 1
+    assert weights.max() < 10.0
+    # Fed the empty values instead, the weight starts ~100x larger and stays inflated.
+    fed = _run_normalizer(human, pseudo, 1.0, 0.9, [True] * 10, [True] * 10)[1]
+    assert fed[0] > 20 * weights[0] and fed[1] > 5 * weights[1]
 
 
 def test_pseudo_weight_gets_no_gradient():
@@ -125,6 +162,73 @@ def test_empty_pseudo_labels_give_a_finite_loss(batches):
     assert all(np.isfinite(v) for v in logs.values())
     assert logs["pseudo_box_loss"] == 0.0 and logs["pseudo_positives"] == 0.0
     assert np.isfinite(model.get_weights()[0]).all()
+
+
+def test_normaliser_inside_the_model_follows_the_reference_over_steps(batches):
+    """Five student steps with empty pseudo batches (the first included) and an empty human
+    batch mixed in: the weights and totals the model logs follow the NumPy reference fed with
+    the losses it logs (which differ step to step as the model learns)."""
+    config, human, (p_images, p_targets) = batches
+    (h_images, h_targets) = human
+    empty = {"boxes": -tf.ones_like(p_targets["boxes"]),
+             "classes": -tf.ones_like(p_targets["classes"])}
+    h_empty = {"boxes": -tf.ones_like(h_targets["boxes"]),
+               "classes": -tf.ones_like(h_targets["classes"])}
+    pseudo_has = [False, True, False, True, True]
+    human_has = [True, True, True, False, True]
+    model = _student(config, alpha=0.7)
+    model.configure_student("detection", 0.7, True, 0.5)
+    logs = []
+    for h_ok, p_ok in zip(human_has, pseudo_has):
+        pair = ((h_images, h_targets if h_ok else h_empty),
+                (p_images, p_targets if p_ok else empty))
+        logs.append(_one_step(model, pair))
+    human_l = np.array([log["human_loss"] for log in logs])
+    pseudo_l = np.array([log["pseudo_loss"] for log in logs])
+    assert np.all(pseudo_l > 0)  # empty pseudo batches still have a background loss
+    ref_totals, ref_weights = numpy_normalizer(human_l, pseudo_l, 0.7, 0.5, human_has,
+                                               pseudo_has)
+    np.testing.assert_allclose([log["pseudo_weight"] for log in logs], ref_weights, rtol=1e-4)
+    np.testing.assert_allclose([log["loss"] for log in logs], ref_totals, rtol=1e-4)
+    assert logs[0]["pseudo_weight"] == pytest.approx(0.7)  # no pseudo average yet
+    assert [log["pseudo_positives"] > 0 for log in logs] == pseudo_has
+
+
+def test_average_terms_divides_the_total_by_one_plus_alpha(batches):
+    config, human, pseudo = batches
+    model = _student(config, alpha=0.5)
+    model.configure_student("detection", 0.5, True, 0.99, average_terms=True)
+    logs = _one_step(model, (human, pseudo))
+    expected = (logs["human_loss"] + logs["pseudo_weight"] * logs["pseudo_loss"]) / 1.5
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_resumed_student_keeps_its_normaliser_and_a_new_one_starts_afresh(batches, tmp_path):
+    """The training checkpoint holds the normaliser state beside the model; a checkpoint's
+    `model` alone (what `init=teacher:` restores) does not carry it."""
+    from rethink_tf.training import checkpoints  # pylint: disable=g-import-not-at-top
+    config, human, pseudo = batches
+    model = _student(config, alpha=0.5)
+    _one_step(model, (human, pseudo))
+    avg = float(model.avg_pseudo_loss.numpy())
+    assert avg > 0
+    manager = checkpoints.CheckpointManager(str(tmp_path), model=model,
+                                            optimizer=model.optimizer,
+                                            **model.checkpoint_extras())
+    manager.save(1)
+    resumed = _student(config, alpha=0.5)
+    resumed(human[0][:1])
+    resumed.optimizer.build(resumed.trainable_variables)
+    checkpoints.CheckpointManager(str(tmp_path), model=resumed, optimizer=resumed.optimizer,
+                                  **resumed.checkpoint_extras()).restore_latest()
+    assert float(resumed.avg_pseudo_loss.numpy()) == avg
+    fresh = _student(config, alpha=0.5)
+    fresh(human[0][:1])
+    checkpoints.restore_model(fresh, str(tmp_path), which="latest")
+    assert float(fresh.avg_pseudo_loss.numpy()) == 0.0
+    assert float(fresh.loss_normalizer.pseudo_updates.numpy()) == 0.0
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_student_step_under_mirrored_strategy_matches_default(batches):
