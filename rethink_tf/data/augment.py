@@ -14,6 +14,11 @@ are filled with a constant (tf-models-official's `translate`/`rotate` default to
 padding, which would paste copies of objects that have no box).
 
 Every function here works on one (unbatched) canonical example, eagerly or inside `tf.data`.
+Randomness is stateless: every random decision is drawn with `tf.random.stateless_*` from a
+`seed` (int [2]) split per decision, so an example's augmentation is a pure function of its
+seed (the training pipeline derives it from config.seed, the stream and the example counter,
+which makes resumed runs and parallel maps reproducible). Without a `seed`, one is drawn from
+TensorFlow's global generator (interactive use).
 Geometry on boxes: each box's corners go through the same transform; boxes are clipped to the
 image and empty ones dropped (with their classes). When an example has a semantic mask whose
 class ids are `class + mask_class_offset` (the built-in `digit_scenes` has offset 1), boxes can
@@ -34,15 +39,20 @@ POLICIES = ("s1", "s2", "s3", "s4")
 IMAGE_FILL = 128
 MASK_FILL = ex.IGNORE_LABEL
 
-# tf-models-official's translate/cutout constants are tuned for ~640 px COCO images.
+# tf-models-official's translate/cutout constants are in pixels of COCO images (640 px on the
+# long side), on which its ops run before resizing; we scale them by the image each op sees.
 _REFERENCE_SIZE = 640.0
 _AUTOAUGMENT_CUTOUT, _AUTOAUGMENT_TRANSLATE = 100.0, 250.0
 _RANDAUGMENT_CUTOUT, _RANDAUGMENT_TRANSLATE = 40.0, 100.0
+RANDAUGMENT_LAYERS, RANDAUGMENT_MAGNITUDE = 2, 10.0  # the paper's Augment-S4
+_MAX_LEVEL = 10.0  # tf-models-official's level scale
 
 _COLOUR_OPS = frozenset({
     "AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "SolarizeAdd", "Color",
-    "Contrast", "Brightness", "Sharpness", "Grayscale", "Gaussian_Noise", "Cutout",
+    "Contrast", "Brightness", "Sharpness", "Grayscale",
 })
+# Cutout is ours (stateless, and it marks the patch's mask pixels ignore). Gaussian_Noise is
+# not supported: tf-models-official draws its sigma with NumPy at trace time (no policy uses it).
 _GEOMETRIC_OPS = frozenset({
     "Rotate", "Rotate_BBox", "ShearX", "ShearX_BBox", "ShearY", "ShearY_BBox", "TranslateX",
     "TranslateX_BBox", "TranslateY", "TranslateY_BBox", "TranslateY_Only_BBoxes",
@@ -165,14 +175,14 @@ def tighten_boxes_to_mask(state, mask_class_offset):
     return state
 
 
-def _geometric_op(state, name, args):
+def _geometric_op(state, name, args, seed=None):
     """Applies geometric op `name` to image, mask and boxes with one shared transform."""
     image = state[ex.IMAGE]
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     matrix = _affine_matrix(name, args, height, width)
     state = dict(state)
     if name == "TranslateY_Only_BBoxes":
-        return _translate_inside_boxes(state, matrix, prob=args[0])
+        return _translate_inside_boxes(state, matrix, prob=args[0], seed=seed)
     state[ex.IMAGE] = _warp(image, matrix, IMAGE_FILL)
     if ex.MASK in state:
         state[ex.MASK] = _warp_mask(state[ex.MASK], matrix)
@@ -181,7 +191,7 @@ def _geometric_op(state, name, args):
     return state
 
 
-def _translate_inside_boxes(state, matrix, prob):
+def _translate_inside_boxes(state, matrix, prob, seed=None):
     """AutoAugment's `TranslateY_Only_BBoxes`: moves the content inside each box.
 
     Each box is chosen with probability prob / 3 (tf-models-official's rule); its content is
@@ -199,13 +209,15 @@ def _translate_inside_boxes(state, matrix, prob):
     dy = tf.cast(matrix[5], tf.float32)
     ys = tf.cast(tf.range(height), tf.float32)[:, None]
     xs = tf.cast(tf.range(width), tf.float32)[None, :]
+    coins = tf.random.stateless_uniform([tf.shape(state[ex.BOXES])[0]], _seed_or_draw(seed))
 
-    def one_box(carry, box):
+    def one_box(carry, box_and_coin):
         img, msk = carry
+        box, coin = box_and_coin
         x1, y1, x2, y2 = tf.floor(box[0]), tf.floor(box[1]), tf.math.ceil(box[2]), tf.math.ceil(box[3])
         region = (ys >= y1) & (ys < y2) & (xs >= x1) & (xs < x2)
         source_inside = (ys + dy >= y1) & (ys + dy < y2)
-        chosen = tf.random.uniform([]) < prob
+        chosen = coin < prob
         moved = region & source_inside & chosen
         emptied = region & tf.logical_not(source_inside) & chosen
         img = tf.where(moved[..., None], shifted_image, img)
@@ -216,85 +228,191 @@ def _translate_inside_boxes(state, matrix, prob):
         return img, msk
 
     mask0 = state[ex.MASK] if has_mask else tf.zeros([0], tf.uint8)
-    img, msk = tf.foldl(one_box, state[ex.BOXES], initializer=(image, mask0))
+    img, msk = tf.foldl(one_box, (state[ex.BOXES], coins), initializer=(image, mask0))
     state[ex.IMAGE] = img
     if has_mask:
         state[ex.MASK] = msk
     return state
 
 
+def cutout(state, pad_size, seed=None):
+    """Greys out a (2 pad_size)^2 square at a random centre; its mask pixels become ignore.
+
+    As tf-models-official's `cutout` (centre uniform over the image, square clipped to the
+    image, filled with 128), but stateless, and the labels under the patch are set to 255
+    (ignore) since the object there can no longer be seen. Boxes are left as they are.
+
+    Args:
+      state: canonical example.
+      pad_size: half the side of the square, in pixels (int scalar, may be a tensor).
+      seed: int [2] stateless seed.
+
+    Returns:
+      The example with the patch applied to image and mask.
+    """
+    image = state[ex.IMAGE]
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    seed_y, seed_x = _split(_seed_or_draw(seed), 2)
+    cy = tf.random.stateless_uniform([], seed_y, 0, height, dtype=tf.int32)
+    cx = tf.random.stateless_uniform([], seed_x, 0, width, dtype=tf.int32)
+    pad = tf.cast(pad_size, tf.int32)
+    ys = tf.range(height)[:, None]
+    xs = tf.range(width)[None, :]
+    patch = (ys >= cy - pad) & (ys < cy + pad) & (xs >= cx - pad) & (xs < cx + pad)
+    state = dict(state)
+    state[ex.IMAGE] = tf.where(patch[..., None], tf.cast(IMAGE_FILL, image.dtype), image)
+    if ex.MASK in state:
+        mask = state[ex.MASK]
+        state[ex.MASK] = tf.where(patch[..., None], tf.cast(MASK_FILL, mask.dtype), mask)
+    return state
+
+
+# ----------------------------------------------------------------------------------------
+# Stateless seeds.
+# ----------------------------------------------------------------------------------------
+
+def _seed_or_draw(seed):
+    """`seed` as int64 [2]; without one, a seed drawn from the global generator."""
+    if seed is None:
+        return tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+    return tf.cast(seed, tf.int64)
+
+
+def _split(seed, num):
+    """`num` independent stateless seeds from one."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+
+
+def _coin(seed, prob):
+    return tf.random.stateless_uniform([], seed) < prob
+
+
 # ----------------------------------------------------------------------------------------
 # Policies: which op, with which arguments (tf-models-official's tables and rules).
 # ----------------------------------------------------------------------------------------
 
-def _op_args(name, prob, level, cutout_const, translate_const):
-    """Arguments of op `name` at `level`, by tf-models-official's level_to_arg rules."""
-    args = tfm_augment.level_to_arg(cutout_const, translate_const)[name](level)
+# Magnitude at level 10 of the ops whose sign tf-models-official flips at random.
+_SIGNED_MAGNITUDES = {
+    "Rotate": 30.0, "Rotate_BBox": 30.0, "ShearX": 0.3, "ShearX_BBox": 0.3, "ShearY": 0.3,
+    "ShearY_BBox": 0.3, "TranslateY_Only_BBoxes": 120.0,
+}
+_TRANSLATE_OPS = frozenset({"TranslateX", "TranslateY", "TranslateX_BBox", "TranslateY_BBox"})
+
+
+def _constants(base_cutout, base_translate, image):
+    """Cutout and translate constants scaled to the image the op sees (dynamic shape)."""
+    long_side = tf.cast(tf.reduce_max(tf.shape(image)[:2]), tf.float32)
+    scale = long_side / _REFERENCE_SIZE
+    return tf.maximum(1.0, base_cutout * scale), base_translate * scale
+
+
+def _op_args(name, prob, level, cutout_const, translate_const, seed=None):
+    """Arguments of op `name` at `level`, by tf-models-official's level_to_arg rules.
+
+    The rules are tf-models-official's, reimplemented where they draw random numbers (the
+    50% sign flip of rotate/shear/translate) or need Python numbers (cutout's int size), so
+    that the sign comes from `seed` and the constants may be tensors.
+    """
+    if name in _SIGNED_MAGNITUDES or name in _TRANSLATE_OPS:
+        top = translate_const if name in _TRANSLATE_OPS else _SIGNED_MAGNITUDES[name]
+        magnitude = tf.cast(level / _MAX_LEVEL * top, tf.float32)
+        sign = tf.where(_coin(_seed_or_draw(seed), 0.5), 1.0, -1.0)
+        args = (magnitude * sign,)
+    elif name == "Cutout":
+        args = (tf.cast(tf.floor(level / _MAX_LEVEL * cutout_const), tf.int32),)
+    else:
+        args = tfm_augment.level_to_arg(cutout_const, translate_const)[name](level)
     if name in tfm_augment.PROB_FUNCS:
         args = (prob,) + tuple(args)
     return tuple(args)
 
 
-def apply_op(state, name, args):
-    """Applies one named AutoAugment/RandAugment op to a canonical example."""
+def apply_op(state, name, args, seed=None):
+    """Applies one named AutoAugment/RandAugment op to a canonical example.
+
+    Args:
+      state: canonical example.
+      name: tf-models-official op name (e.g. "Rotate_BBox", "Cutout", "Color").
+      args: the op's arguments (see `_op_args`).
+      seed: int [2] stateless seed for the ops that draw (Cutout, TranslateY_Only_BBoxes).
+    """
     if name in _GEOMETRIC_OPS:
-        return _geometric_op(state, name, args)
+        return _geometric_op(state, name, args, seed)
+    if name == "Cutout":
+        return cutout(state, args[0], seed)
     if name not in _COLOUR_OPS:
         raise ValueError(f"augmentation op {name!r} is not supported; known: "
-                         f"{sorted(_COLOUR_OPS | _GEOMETRIC_OPS)}")
+                         f"{sorted(_COLOUR_OPS | _GEOMETRIC_OPS | {'Cutout'})}")
     func = tfm_augment.NAME_TO_FUNC[name]
     if name in tfm_augment.REPLACE_FUNCS:
         args = tuple(args) + (IMAGE_FILL,)
     state = dict(state)
-    # Colour ops (and cutout) never touch masks or boxes.
+    # Colour ops never touch masks or boxes.
     state[ex.IMAGE] = func(state[ex.IMAGE], *args)
     return state
 
 
-def _constants(base_cutout, base_translate, image_size):
-    scale = float(min(image_size)) / _REFERENCE_SIZE
-    return max(1.0, base_cutout * scale), base_translate * scale
+def autoaugment_detection(state, seed=None):
+    """AutoAugment `detection_v0`: one random sub-policy, each op applied with its prob.
 
-
-def autoaugment_detection(state, image_size):
-    """AutoAugment `detection_v0`: one random sub-policy, each op applied with its prob."""
+    Args:
+      state: canonical example.
+      seed: int [2] stateless seed (one is drawn when None).
+    """
     policy = tfm_augment.AutoAugment.detection_policy_v0()
-    cutout_const, translate_const = _constants(
-        _AUTOAUGMENT_CUTOUT, _AUTOAUGMENT_TRANSLATE, image_size)
     state = _as_uint8_image(state)
+    cutout_const, translate_const = _constants(
+        _AUTOAUGMENT_CUTOUT, _AUTOAUGMENT_TRANSLATE, state[ex.IMAGE])
+    longest = max(len(p) for p in policy)
+    choose_seed, *op_seeds = _split(_seed_or_draw(seed), 1 + 3 * longest)
 
     def sub_policy_fn(sub_policy):
         def run():
             out = state
-            for name, prob, level in sub_policy:
-                args = _op_args(name, prob, float(level), cutout_const, translate_const)
+            for i, (name, prob, level) in enumerate(sub_policy):
+                coin_seed, arg_seed, op_seed = op_seeds[3 * i:3 * i + 3]
+                args = _op_args(name, prob, float(level), cutout_const, translate_const,
+                                arg_seed)
                 if name in tfm_augment.PROB_FUNCS:
-                    out = apply_op(out, name, args)  # the op draws per-box coins itself
+                    out = apply_op(out, name, args, op_seed)  # per-box coins inside
                 else:
-                    apply = tf.random.uniform([]) < prob
-                    out = tf.cond(apply, lambda o=out, n=name, a=args: apply_op(o, n, a),
+                    out = tf.cond(_coin(coin_seed, prob),
+                                  lambda o=out, n=name, a=args, s=op_seed: apply_op(o, n, a, s),
                                   lambda o=out: o)
             return out
         return run
 
-    index = tf.random.uniform([], maxval=len(policy), dtype=tf.int32)
+    index = tf.random.stateless_uniform([], choose_seed, 0, len(policy), dtype=tf.int32)
     return tf.switch_case(index, [sub_policy_fn(p) for p in policy])
 
 
-def randaugment_detection(state, image_size, num_layers=2, magnitude=10.0):
-    """RandAugment with box- and mask-aware geometry: `num_layers` random ops at `magnitude`."""
+def randaugment_detection(state, seed=None, num_layers=RANDAUGMENT_LAYERS,
+                          magnitude=RANDAUGMENT_MAGNITUDE):
+    """RandAugment with box- and mask-aware geometry: `num_layers` random ops at `magnitude`.
+
+    Args:
+      state: canonical example.
+      seed: int [2] stateless seed (one is drawn when None).
+      num_layers: ops applied in sequence.
+      magnitude: level of every op (tf-models-official's 0..10 scale).
+    """
     ops = tfm_augment.RandAugment.build_for_detection(
         num_layers=num_layers, magnitude=magnitude).available_ops
-    cutout_const, translate_const = _constants(
-        _RANDAUGMENT_CUTOUT, _RANDAUGMENT_TRANSLATE, image_size)
     state = _as_uint8_image(state)
-    for _ in range(num_layers):
+    layer_seeds = _split(_seed_or_draw(seed), num_layers)
+    for layer_seed in layer_seeds:
+        # Constants follow the image the op sees (an earlier layer keeps its size).
+        cutout_const, translate_const = _constants(
+            _RANDAUGMENT_CUTOUT, _RANDAUGMENT_TRANSLATE, state[ex.IMAGE])
+        choose_seed, arg_seed, op_seed = _split(layer_seed, 3)
         # As in tf-models-official: one extra index means "identity".
-        index = tf.random.uniform([], maxval=len(ops) + 1, dtype=tf.int32)
+        index = tf.random.stateless_uniform([], choose_seed, 0, len(ops) + 1, dtype=tf.int32)
         branches = []
         for name in ops:
-            args = _op_args(name, 1.0, magnitude, cutout_const, translate_const)
-            branches.append(lambda s=state, n=name, a=args: apply_op(s, n, a))
+            branches.append(
+                lambda s=state, n=name: apply_op(
+                    s, n, _op_args(n, 1.0, magnitude, cutout_const, translate_const, arg_seed),
+                    op_seed))
         branches.append(lambda s=state: s)
         state = tf.switch_case(index, branches)
     return state
@@ -312,9 +430,9 @@ def _as_uint8_image(state):
 # Flip, scale jitter and crop (tf-models-official's preprocess_ops).
 # ----------------------------------------------------------------------------------------
 
-def random_horizontal_flip(state, prob=0.5):
+def random_horizontal_flip(state, prob=0.5, seed=None):
     """Flips image, mask and boxes together with probability `prob`."""
-    flip = tf.random.uniform([]) < prob
+    flip = _coin(_seed_or_draw(seed), prob)
     state = dict(state)
     width = tf.cast(tf.shape(state[ex.IMAGE])[1], tf.float32)
     state[ex.IMAGE] = tf.cond(flip, lambda: state[ex.IMAGE][:, ::-1], lambda: state[ex.IMAGE])
@@ -327,13 +445,41 @@ def random_horizontal_flip(state, prob=0.5):
     return state
 
 
-def resize_and_crop(state, output_size, scale_min=1.0, scale_max=1.0):
+def _jittered_resize_and_crop_image(image, output_size, scale_min, scale_max, seed):
+    """`preprocess_ops.resize_and_crop_image` with scale and crop offset drawn from `seed`.
+
+    The same arithmetic as tf-models-official's (which draws both with stateful ops).
+    """
+    scale_seed, offset_seed = _split(seed, 2)
+    image_size = tf.cast(tf.shape(image)[0:2], tf.float32)
+    desired = tf.constant(output_size, tf.float32)
+    random_scale = tf.random.stateless_uniform([], scale_seed, scale_min, scale_max)
+    scaled_size = tf.round(random_scale * desired)
+    scale = tf.minimum(scaled_size[0] / image_size[0], scaled_size[1] / image_size[1])
+    scaled_size = tf.round(image_size * scale)
+    image_scale = scaled_size / image_size
+    max_offset = tf.maximum(scaled_size - desired, 0.0)
+    offset = tf.cast(max_offset * tf.random.stateless_uniform([2], offset_seed), tf.int32)
+    scaled = tf.image.resize(image, tf.cast(scaled_size, tf.int32))
+    scaled = scaled[offset[0]:offset[0] + output_size[0], offset[1]:offset[1] + output_size[1]]
+    out = tf.image.pad_to_bounding_box(scaled, 0, 0, output_size[0], output_size[1])
+    image_info = tf.stack([image_size, desired, image_scale, tf.cast(offset, tf.float32)])
+    return out, image_info
+
+
+def resize_and_crop(state, output_size, scale_min=1.0, scale_max=1.0, seed=None):
     """Scale-jitters, crops and pads image, mask and boxes to `output_size` (RetinaNet style).
 
     The image is resized so that it fits `output_size` times a random scale in
     [scale_min, scale_max] (aspect ratio kept), a random `output_size` window is cut from it
     when it is larger, and it is padded at the bottom and right when smaller: image with 0,
     mask with 255 (ignore). With scale 1 this is the plain resize-and-pad of evaluation.
+
+    Args:
+      state: canonical example.
+      output_size: (height, width).
+      scale_min, scale_max: scale jitter range.
+      seed: int [2] stateless seed of scale and crop offset (drawn when None and jittering).
 
     Returns:
       The example at `output_size`, with `image_info` float32 [4, 2] as tf-models-official
@@ -342,9 +488,13 @@ def resize_and_crop(state, output_size, scale_min=1.0, scale_max=1.0):
       the scale and offset map predictions back to original pixels.
     """
     output_size = list(output_size)
-    image, image_info = preprocess_ops.resize_and_crop_image(
-        state[ex.IMAGE], output_size, output_size, aug_scale_min=scale_min,
-        aug_scale_max=scale_max)
+    if math.isclose(scale_min, 1.0) and math.isclose(scale_max, 1.0):
+        # No randomness: tf-models-official's own function (evaluation, export).
+        image, image_info = preprocess_ops.resize_and_crop_image(
+            state[ex.IMAGE], output_size, output_size)
+    else:
+        image, image_info = _jittered_resize_and_crop_image(
+            state[ex.IMAGE], output_size, scale_min, scale_max, _seed_or_draw(seed))
     image_scale, offset = image_info[2], image_info[3]
     state = dict(state)
     state[ex.IMAGE] = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
@@ -366,7 +516,8 @@ def resize_and_crop(state, output_size, scale_min=1.0, scale_max=1.0):
 # The four strengths.
 # ----------------------------------------------------------------------------------------
 
-_SCALE_RANGES = {"s1": (0.8, 1.2), "s2": (0.8, 1.2), "s3": (0.5, 2.0), "s4": (0.5, 2.0)}
+SCALE_RANGES = {"s1": (0.8, 1.2), "s2": (0.8, 1.2), "s3": (0.5, 2.0), "s4": (0.5, 2.0)}
+_SCALE_RANGES = SCALE_RANGES  # former private name
 
 
 def _finish(state, output_size, mask_class_offset):
@@ -377,7 +528,7 @@ def _finish(state, output_size, mask_class_offset):
     return state
 
 
-def augment(state, policy, output_size, *, mask_class_offset=None):
+def augment(state, policy, output_size, *, mask_class_offset=None, seed=None):
     """Applies augmentation strength `policy` (s1..s4) to one canonical example.
 
     Args:
@@ -386,6 +537,8 @@ def augment(state, policy, output_size, *, mask_class_offset=None):
       output_size: (height, width) of the output.
       mask_class_offset: if set and the example has a mask, boxes are re-tightened to the
         mask pixels of class `c + mask_class_offset` after geometry.
+      seed: int [2] stateless seed; the output is a pure function of it (one is drawn from
+        the global generator when None).
 
     Returns:
       The augmented example at `output_size`, plus `image_info`.
@@ -393,16 +546,17 @@ def augment(state, policy, output_size, *, mask_class_offset=None):
     if policy not in POLICIES:
         raise ValueError(f"augment policy {policy!r} is not one of {POLICIES}")
     output_size = tuple(int(s) for s in output_size)
+    policy_seed, flip_seed, resize_seed = _split(_seed_or_draw(seed), 3)
     state = _as_uint8_image(state)
     if policy in ("s2", "s3"):
-        state = autoaugment_detection(state, output_size)
+        state = autoaugment_detection(state, policy_seed)
         state = _clip_mid(state)
     elif policy == "s4":
-        state = randaugment_detection(state, output_size)
+        state = randaugment_detection(state, policy_seed)
         state = _clip_mid(state)
-    state = random_horizontal_flip(state)
-    scale_min, scale_max = _SCALE_RANGES[policy]
-    state = resize_and_crop(state, output_size, scale_min, scale_max)
+    state = random_horizontal_flip(state, seed=flip_seed)
+    scale_min, scale_max = SCALE_RANGES[policy]
+    state = resize_and_crop(state, output_size, scale_min, scale_max, seed=resize_seed)
     return _finish(state, output_size, mask_class_offset)
 
 
@@ -421,7 +575,7 @@ def eval_resize(state, output_size):
 
 
 def make_augment_fn(policy, output_size, *, training=True, mask_class_offset=None):
-    """Returns `fn(example) -> example` for `tf.data.Dataset.map`.
+    """Returns `fn(example, seed=None) -> example` for `tf.data.Dataset.map`.
 
     Args:
       policy: "s1".."s4" (ignored when `training` is False).
@@ -432,8 +586,9 @@ def make_augment_fn(policy, output_size, *, training=True, mask_class_offset=Non
     if training and policy not in POLICIES:
         raise ValueError(f"augment policy {policy!r} is not one of {POLICIES}")
 
-    def fn(example):
+    def fn(example, seed=None):
         if training:
-            return augment(example, policy, output_size, mask_class_offset=mask_class_offset)
+            return augment(example, policy, output_size, mask_class_offset=mask_class_offset,
+                           seed=seed)
         return eval_resize(example, output_size)
     return fn

@@ -10,7 +10,15 @@ A batch is a dict in Keras-CV's conventions:
   image_info:         float32 [B, 4, 2], maps outputs back to original pixels (see augment)
 
 A student batch is a pair `(human_batch, pseudo_batch)` of fixed sizes (`mix_streams`).
+
+Training data is a pure function of (seed, stream, example counter): `seeded_examples` orders
+canonical examples epoch by epoch with a per-epoch shuffle seed and numbers them, and
+`preprocess(..., seed=stream_seed(...))` augments example i with a stateless seed derived from
+i. A run resumed at step k builds the stream from example k x (examples per step) on and sees
+exactly the batches an uninterrupted run sees.
 """
+
+import zlib
 
 import tensorflow as tf
 
@@ -69,23 +77,30 @@ def _select_keys(example, task):
 
 
 def preprocess(examples, task, *, image_size, policy="s1", training=True,
-               max_boxes=DEFAULT_MAX_BOXES, mask_class_offset=None):
+               max_boxes=DEFAULT_MAX_BOXES, mask_class_offset=None, seed=None):
     """Maps canonical examples to augmented, unbatched model examples.
 
     Args:
-      examples: `tf.data.Dataset` of canonical examples.
+      examples: `tf.data.Dataset` of canonical examples, or, with `seed`, of
+        `(counter, example)` pairs (from `seeded_examples`).
       task: detection | segmentation | classification.
       image_size: int or (height, width) of the model input.
       policy: augmentation strength s1..s4 (training only).
       training: evaluation uses a plain resize-and-pad instead of the policy.
       max_boxes: rows of the padded box tensor.
       mask_class_offset: re-tighten boxes to mask pixels after geometry (see augment).
+      seed: a stream seed (`stream_seed`): example `counter` is augmented with the stateless
+        seed `example_seed(seed, counter)`, so the output is a pure function of the input
+        pairs and the map stays deterministic however parallel. None: seeds are drawn from
+        the global generator (and training output order is not deterministic).
 
     Returns:
       `tf.data.Dataset` of unbatched model examples.
     """
     _check_task(task)
     spec = examples.element_spec
+    if seed is not None:
+        spec = spec[1]
     ex.check_example_spec(spec)
     needed = {"detection": [ex.BOXES, ex.CLASSES], "segmentation": [ex.MASK],
               "classification": [ex.LABEL]}[task]
@@ -99,10 +114,96 @@ def preprocess(examples, task, *, image_size, policy="s1", training=True,
         augment_fn = augment_lib.make_augment_fn(policy, size, training=training)
         select = lambda e: _select_keys(e, task)  # noqa: E731
 
-    def fn(example):
-        return to_model_example(augment_fn(select(example)), task, max_boxes)
+    if seed is None:
+        def fn(example):
+            return to_model_example(augment_fn(select(example)), task, max_boxes)
+        deterministic = not training
+    else:
+        augment_base = _domain(seed, _AUGMENT_DOMAIN)
 
-    return examples.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+        def fn(counter, example):
+            example_seed = tf.random.experimental.stateless_fold_in(augment_base, counter)
+            return to_model_example(augment_fn(select(example), seed=example_seed), task,
+                                    max_boxes)
+        deterministic = True
+
+    return examples.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+
+
+# Separate seed domains, so shuffle orders and augmentations never share a seed.
+_SHUFFLE_DOMAIN, _AUGMENT_DOMAIN = 0, 1
+
+
+def _domain(seed, domain):
+    return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), domain)
+
+
+def stream_seed(seed, stream, pipeline_id=0):
+    """The int64 [2] seed of one named data stream on one input pipeline.
+
+    Args:
+      seed: the run's seed (config.seed).
+      stream: the stream's name ("train", "human", "pseudo", ...); different names give
+        independent shuffles and augmentations.
+      pipeline_id: the input pipeline (`input_context.input_pipeline_id`).
+    """
+    base = tf.constant([int(seed), zlib.crc32(stream.encode())], tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, int(pipeline_id))
+
+
+def count_examples(examples):
+    """Examples in a finite dataset: its cardinality when known, else counted (one pass)."""
+    n = int(examples.cardinality())
+    if n == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("count_examples: the dataset is infinite")
+    if n == tf.data.UNKNOWN_CARDINALITY:
+        n = int(examples.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
+    return n
+
+
+def seeded_examples(examples, *, seed, shuffle_buffer, start=0, num_examples=None):
+    """Endless, numbered canonical examples: epoch e is `examples` shuffled by a seed of e.
+
+    The order is a pure function of `seed` (and of the order of `examples`, which must be
+    deterministic): the shuffle is seeded per epoch (not by TensorFlow's global seed), and
+    example `start` of the stream is found by skipping whole epochs arithmetically and then
+    at most one epoch of canonical (not yet augmented) examples.
+
+    Args:
+      examples: finite `tf.data.Dataset` of canonical examples, in a fixed order.
+      seed: a stream seed (`stream_seed`).
+      shuffle_buffer: shuffle buffer (examples) within an epoch.
+      start: counter of the first example produced (examples already consumed).
+      num_examples: examples per epoch, if known (else from cardinality, or counted when
+        `start` > 0).
+
+    Returns:
+      `tf.data.Dataset` of `(counter, example)` pairs, counter = start, start + 1, ...
+    """
+    start = int(start)
+    n = num_examples
+    if n is None:
+        n = int(examples.cardinality())
+        if n == tf.data.UNKNOWN_CARDINALITY:
+            # Counting costs a pass; only a resumed stream needs the epoch length.
+            n = count_examples(examples) if start > 0 else None
+    if n == 0 or (n is None and tf.executing_eagerly()
+                  and next(iter(examples.take(1)), None) is None):
+        raise ValueError("seeded_examples: the training source has no examples")
+    first_epoch, offset = divmod(start, n) if n else (0, start)
+    shuffle_base = _domain(seed, _SHUFFLE_DOMAIN)
+
+    def one_epoch(epoch):
+        # Dataset.shuffle mixes the global seed (tf.random.set_seed) into its seed; clearing
+        # it in this function's graph makes the order depend on our seed alone.
+        tf.compat.v1.get_default_graph().seed = None
+        epoch_seed = tf.random.stateless_uniform(
+            [], tf.random.experimental.stateless_fold_in(shuffle_base, epoch),
+            minval=None, maxval=None, dtype=tf.int64)
+        return examples.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+    stream = tf.data.Dataset.range(first_epoch, tf.int64.max).flat_map(one_epoch)
+    return stream.skip(offset).enumerate(start=start)
 
 
 def batch(model_examples, batch_size, *, training=True, shuffle_buffer=1024, seed=None,
@@ -173,10 +274,46 @@ def shard_for(examples, input_context):
 
 
 def pseudo_batch_size(human_batch_size, ratio):
-    """Pseudo-labelled images per batch for a pseudo:human `ratio` (at least one)."""
+    """Pseudo-labelled images per batch: `human_batch_size x ratio`, which must be a whole number.
+
+    Raises:
+      ValueError: `ratio` <= 0, or the product is not a positive integer (naming
+        `self_training.ratio`).
+    """
     if ratio <= 0:
         raise ValueError(f"self_training.ratio must be > 0, got {ratio}")
-    return max(1, int(round(human_batch_size * ratio)))
+    product = human_batch_size * ratio
+    pseudo = int(round(product))
+    # A tolerance for ratios such as 0.1 that binary floats do not hold exactly.
+    if pseudo < 1 or abs(product - pseudo) > 1e-6 * max(1.0, product):
+        raise ValueError(f"self_training.ratio={ratio} x a human batch of {human_batch_size} "
+                         f"images is {product:g} pseudo images, not a whole positive number; "
+                         f"choose a ratio that gives one")
+    return pseudo
+
+
+def global_pseudo_batch(global_human_batch, ratio, num_replicas=1):
+    """The global pseudo batch (`global_human_batch x ratio`), checked to split over replicas.
+
+    The pseudo:human ratio is a property of the global batch: it is fixed there and then
+    split, so it does not drift with the replica count.
+
+    Args:
+      global_human_batch: human images per step, over all replicas (train.batch_size).
+      ratio: self_training.ratio.
+      num_replicas: replicas in sync.
+
+    Returns:
+      Pseudo-labelled images per step, over all replicas.
+
+    Raises:
+      ValueError: the product is not a whole number, or does not divide by `num_replicas`.
+    """
+    pseudo = pseudo_batch_size(global_human_batch, ratio)
+    if pseudo % num_replicas:
+        raise ValueError(f"self_training.ratio={ratio} gives a global pseudo batch of {pseudo} "
+                         f"images, which does not divide over {num_replicas} replicas")
+    return pseudo
 
 
 def mix_streams(human, pseudo, ratio=1.0, *, human_batch_size, seed=None,
@@ -184,8 +321,9 @@ def mix_streams(human, pseudo, ratio=1.0, *, human_batch_size, seed=None,
     """Pairs human and pseudo-labelled batches of fixed sizes, for a student train_step.
 
     Both streams are shuffled and repeated independently, so every batch holds exactly
-    `human_batch_size` human images and `round(ratio * human_batch_size)` pseudo ones, however
-    large either set is.
+    `human_batch_size` human images and `human_batch_size x ratio` (a whole number) pseudo
+    ones, however large either set is. Not seeded per example: training uses
+    `tasks.student_dataset`, whose streams are pure functions of the seed (resumable).
 
     Args:
       human: `tf.data.Dataset` of unbatched model examples (from `preprocess`).

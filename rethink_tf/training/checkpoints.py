@@ -134,8 +134,8 @@ def restore_model(model, workdir, which="best"):
     """Restores only the model of a training workdir's checkpoint, strictly.
 
     Every variable of `model` must get a value (same architecture); the checkpoint's other
-    objects (optimiser, step, a student's loss-normaliser state) are left out, so the model
-    starts a new run with the weights alone.
+    objects (optimiser state and step, a student's loss-normaliser state) are left out, so
+    the model starts a new run with the weights alone.
 
     Args:
       model: the model to fill.
@@ -150,6 +150,11 @@ def restore_model(model, workdir, which="best"):
       ValueError: the checkpoint does not hold every variable of `model`.
     """
     path = find_checkpoint(workdir, which)
+    # A compiled Keras model tracks its optimizer: the restore below would also load the
+    # other run's optimizer (its step and momenta), and a student would start at the
+    # teacher's last step, i.e. not train. Its values are put back afterwards.
+    optimizer = getattr(model, "optimizer", None)
+    kept = [(v, v.numpy()) for v in optimizer.variables] if optimizer is not None else []
     try:
         status = tf.train.Checkpoint(model=model).read(path)
         status.assert_existing_objects_matched()
@@ -158,6 +163,8 @@ def restore_model(model, workdir, which="best"):
             f"checkpoint {path!r} does not hold every variable of this model, or holds them "
             f"with other shapes (another architecture?): {str(e)[:500]}") from e
     status.expect_partial()
+    for variable, value in kept:
+        variable.assign(value)
     return path
 
 

@@ -4,6 +4,7 @@ import os
 
 import keras
 import keras_cv
+import tensorflow as tf
 
 from rethink_tf.data import pipelines
 from rethink_tf.data import sources
@@ -107,15 +108,10 @@ class _SparseSmoothedCrossentropy(keras.losses.Loss):
 
 
 def _initialize_from_workdir(model, workdir):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    directory = os.path.join(workdir, "checkpoints")
-    path = (tf.train.latest_checkpoint(os.path.join(directory, "best"))
-            or tf.train.latest_checkpoint(directory))
-    if path is None:
-        raise FileNotFoundError(f"config.init=teacher:{workdir}: no checkpoint in {directory!r}")
-    # Only the model: the teacher's optimiser state and step are not the student's.
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
-    return path
+    from rethink_tf.training import checkpoints  # pylint: disable=g-import-not-at-top
+    # Strict (same architecture), and the model alone: the teacher's optimiser state, step
+    # and loss-normaliser state are not the student's.
+    return checkpoints.restore_model(model, workdir, which="best")
 
 
 def backbone_weights_path(init):
@@ -156,25 +152,120 @@ def load_examples(config, split, *, fraction=None, input_context=None, shuffle_f
     return pipelines.shard_for(examples, input_context)
 
 
-def train_examples(config, info, input_context=None):
-    """Augmented, unbatched training examples (not yet shuffled or batched)."""
-    fraction = config.dataset.fraction if config.dataset.fraction < 1.0 else None
-    examples = load_examples(config, config.dataset.train_split, fraction=fraction,
-                             input_context=input_context, shuffle_files=True)
+def _pipeline(input_context):
+    """(input pipeline id, replicas fed by this pipeline per step)."""
+    if input_context is None:
+        return 0, 1
+    return (input_context.input_pipeline_id,
+            max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines))
+
+
+def _seeded_stream(config, examples, stream, input_context, start_example, task_kwargs):
+    """Augmented model examples of one named stream, from example `start_example` on."""
+    pipeline_id, _ = _pipeline(input_context)
+    seed = pipelines.stream_seed(config.seed, stream, pipeline_id)
     if config.dataset.cache:
         examples = examples.cache()
-    return pipelines.preprocess(examples, config.task, image_size=config.dataset.image_size,
+    numbered = pipelines.seeded_examples(examples, seed=seed,
+                                         shuffle_buffer=config.dataset.shuffle_buffer,
+                                         start=start_example)
+    return pipelines.preprocess(numbered, config.task, image_size=config.dataset.image_size,
                                 policy=config.augment, training=True,
-                                max_boxes=config.dataset.max_boxes,
-                                mask_class_offset=mask_class_offset(info))
+                                max_boxes=config.dataset.max_boxes, seed=seed, **task_kwargs)
 
 
-def train_dataset(config, info, batch_size, input_context=None):
-    """Batches of (images, targets) for `model.fit`."""
-    model_examples = train_examples(config, info, input_context)
-    batches = pipelines.batch(model_examples, batch_size, training=True,
-                              shuffle_buffer=config.dataset.shuffle_buffer, seed=config.seed)
-    return batches.map(lambda b: pipelines.split_inputs(b, config.task))
+def _human_examples(config, input_context):
+    fraction = config.dataset.fraction if config.dataset.fraction < 1.0 else None
+    # Files in their stored order (TFDS writes examples shuffled): a seeded file shuffle would
+    # mix in TensorFlow's global seed; `pipelines.seeded_examples` shuffles every epoch.
+    return load_examples(config, config.dataset.train_split, fraction=fraction,
+                         input_context=input_context, shuffle_files=False)
+
+
+def train_examples(config, info, input_context=None, start_example=0, stream="train",
+                   tighten_boxes=True):
+    """Augmented, unbatched, endless training examples (a pure function of config.seed).
+
+    Args:
+      config: the experiment config.
+      info: `dataset_info(config)`.
+      input_context: a `tf.distribute.InputContext` (shards the source, seeds the stream).
+      start_example: examples this pipeline has already produced (resume).
+      stream: the stream's name (its shuffles and augmentations are its own).
+      tighten_boxes: re-tighten boxes to their masks after geometry where the source has
+        masks (`mask_class_offset`).
+    """
+    offset = mask_class_offset(info) if tighten_boxes else None
+    return _seeded_stream(config, _human_examples(config, input_context), stream,
+                          input_context, start_example, {"mask_class_offset": offset})
+
+
+def train_dataset(config, info, batch_size, input_context=None, start_step=0):
+    """Batches of (images, targets) for `model.fit`, from step `start_step` on.
+
+    Batch b of the result is the same whether the run started at step 0 or resumed at
+    `start_step` (data and augmentation are pure functions of config.seed and position).
+
+    Args:
+      config: the experiment config.
+      info: `dataset_info(config)`.
+      batch_size: examples per batch (per replica under a strategy).
+      input_context: a `tf.distribute.InputContext`, or None.
+      start_step: the training step to start from (the restored step on resume).
+    """
+    _, replicas = _pipeline(input_context)
+    # This pipeline feeds `replicas` batches per step.
+    start = int(start_step) * batch_size * replicas
+    model_examples = train_examples(config, info, input_context, start_example=start)
+    batches = model_examples.batch(batch_size, drop_remainder=True)
+    return batches.map(lambda b: pipelines.split_inputs(b, config.task)).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def pseudo_examples(config, input_context=None):
+    """The pseudo-labelled canonical examples of `self_training.pseudo_labels` (fixed order)."""
+    name = f"{sources.PSEUDO_PREFIX}{config.self_training.pseudo_labels}"
+    # Pseudo shards reshuffle per iteration when shuffled: read them in order.
+    examples = sources.load(name, "all", shuffle_files=False)
+    return pipelines.shard_for(examples, input_context)
+
+
+def student_dataset(config, info, human_batch_size, input_context=None, start_step=0):
+    """Pairs ((h_images, h_targets), (p_images, p_targets)) of fixed sizes, from `start_step`.
+
+    The global pseudo batch is train.batch_size x self_training.ratio (a whole number that
+    divides over the replicas), split per replica like the human one. Both streams are pure
+    functions of (config.seed, stream, position), so a resumed run sees the batches an
+    uninterrupted one would.
+
+    Args:
+      config: the student config.
+      info: `dataset_info(config)`.
+      human_batch_size: human images per batch (per replica under a strategy).
+      input_context: a `tf.distribute.InputContext`, or None.
+      start_step: the training step to start from (the restored step on resume).
+    """
+    num_replicas = input_context.num_replicas_in_sync if input_context is not None else 1
+    global_pseudo = pipelines.global_pseudo_batch(human_batch_size * num_replicas,
+                                                  config.self_training.ratio, num_replicas)
+    pseudo_batch = global_pseudo // num_replicas
+    _, replicas = _pipeline(input_context)
+    step = int(start_step) * replicas
+    # Pseudo boxes cannot be re-tightened (pseudo records carry no masks), so the human
+    # boxes are not either: the student sees one box geometry (corner transform) in both.
+    human = train_examples(config, info, input_context, start_example=step * human_batch_size,
+                           stream="human", tighten_boxes=False)
+    pseudo = _seeded_stream(config, pseudo_examples(config, input_context), "pseudo",
+                            input_context, step * pseudo_batch, {})
+    h_spec, p_spec = human.element_spec, pseudo.element_spec
+    if set(h_spec) != set(p_spec):
+        raise ValueError(f"student_dataset: human and pseudo examples differ in keys: "
+                         f"{sorted(set(h_spec) ^ set(p_spec))}")
+    pairs = tf.data.Dataset.zip((human.batch(human_batch_size, drop_remainder=True),
+                                 pseudo.batch(pseudo_batch, drop_remainder=True)))
+    return pairs.map(lambda h, p: (pipelines.split_inputs(h, config.task),
+                                   pipelines.split_inputs(p, config.task))).prefetch(
+                                       tf.data.AUTOTUNE)
 
 
 def eval_dataset(config, split=None, batch_size=None):

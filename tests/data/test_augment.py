@@ -85,7 +85,7 @@ def test_translate_only_bboxes_moves_content_inside_boxes(in_dataset):
 COLOUR_OPS = {
     "AutoContrast": (), "Equalize": (), "Invert": (), "Posterize": (4,), "Solarize": (128,),
     "SolarizeAdd": (40,), "Color": (1.6,), "Contrast": (1.5,), "Brightness": (0.4,),
-    "Sharpness": (1.8,), "Cutout": (10,), "Grayscale": (),
+    "Sharpness": (1.8,), "Grayscale": (),
 }
 
 
@@ -99,6 +99,126 @@ def test_colour_ops_never_touch_masks_or_boxes(name, in_dataset):
     assert out["image"].shape == original["image"].shape
     if name not in ("Equalize", "AutoContrast"):  # identity on an image with solid colours
         assert not np.array_equal(out["image"].numpy(), original["image"].numpy())
+
+
+@pytest.mark.parametrize("in_dataset", [False, True], ids=["eager", "tf_data"])
+def test_cutout_greys_a_square_and_marks_its_labels_ignore(in_dataset):
+    seed = tf.constant([4, 2], tf.int64)
+    original = scene()
+    out = _run(lambda e: A.apply_op(e, "Cutout", (10,), seed), in_dataset)
+    again = A.apply_op(scene(), "Cutout", (10,), seed)
+    image, mask = out["image"].numpy(), out["mask"].numpy()
+    np.testing.assert_array_equal(image, again["image"].numpy())  # a function of the seed
+    grey = np.all(image == A.IMAGE_FILL, axis=-1)
+    ys, xs = np.where(grey)
+    assert 0 < grey.sum() <= 20 * 20
+    # The patch is one rectangle (a 20 px square clipped to the image).
+    assert grey.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    assert np.all(mask[grey] == 255), "labels under the patch must be ignore"
+    np.testing.assert_array_equal(mask[~grey], original["mask"].numpy()[~grey])
+    np.testing.assert_array_equal(out["boxes"].numpy(), original["boxes"].numpy())
+
+
+@pytest.mark.parametrize("policy", ["s1", "s4"])  # s2/s3 share s4's seeding (and trace slowly)
+def test_stateless_policies_are_a_function_of_the_seed(policy):
+    fn = A.make_augment_fn(policy, (64, 64), mask_class_offset=1)
+    seeds = [tf.constant([7, i], tf.int64) for i in range(2)]
+    eager = [fn(scene(), seed=s) for s in seeds]
+    in_data = list(tf.data.Dataset.from_tensor_slices(tf.stack(seeds)).map(
+        lambda s, fn=fn: fn(scene(), seed=s), num_parallel_calls=3))
+    for a, b in zip(eager, in_data):
+        for key in ("image", "mask", "boxes", "classes", "image_info"):
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
+    assert not np.array_equal(eager[0]["image"].numpy(), eager[1]["image"].numpy())
+
+
+def test_every_policy_changes_the_image():
+    # The same seed drives flip and scale jitter in every policy, so s2..s4 differ from s1
+    # only by their AutoAugment/RandAugment ops; s1 differs from a plain resize.
+    plain = A.eval_resize(scene(), (64, 64))["image"].numpy()
+    changed = {p: 0 for p in A.POLICIES}
+    for i in range(8):
+        seed = tf.constant([11, i], tf.int64)
+        s1 = A.augment(scene(), "s1", (64, 64), seed=seed)["image"].numpy()
+        changed["s1"] += not np.array_equal(s1, plain)
+        for policy in ("s2", "s3", "s4"):
+            out = A.augment(scene(), policy, (64, 64), seed=seed)["image"].numpy()
+            changed[policy] += not np.array_equal(out, s1)
+    assert all(n >= 5 for n in changed.values()), changed
+
+
+@pytest.mark.parametrize("policy,low,high", [("s1", 0.8, 1.2), ("s2", 0.8, 1.2),
+                                             ("s3", 0.5, 2.0), ("s4", 0.5, 2.0)])
+def test_scale_jitter_ranges_are_the_papers(policy, low, high):
+    # A 100 px image to a 100 px output: image_info's scale is the jitter scale (to 1/200).
+    state = {"image": tf.zeros([100, 100, 3], tf.uint8)}
+    fn = A.make_augment_fn(policy, (100, 100))
+    seeds = tf.stack([tf.fill([300], 5), tf.range(300)], axis=1)
+    infos = tf.data.Dataset.from_tensor_slices(seeds).map(
+        lambda s: fn(state, seed=s)["image_info"]).batch(300)
+    scales = next(iter(infos)).numpy()[:, 2, 0]
+    assert scales.min() >= low - 0.006 and scales.max() <= high + 0.006
+    span = high - low
+    assert scales.min() < low + 0.03 * span and scales.max() > high - 0.03 * span
+
+
+def _record_ops(monkeypatch):
+    calls = []
+    apply_op = A.apply_op
+
+    def recording(state, name, args, seed=None):
+        calls.append((name, [float(np.asarray(a)) for a in args]))
+        return apply_op(state, name, args, seed)
+
+    monkeypatch.setattr(A, "apply_op", recording)
+    return calls
+
+
+def test_randaugment_is_two_layers_at_magnitude_10(monkeypatch):
+    calls = _record_ops(monkeypatch)
+    per_example = []
+    for i in range(30):  # eager: only the chosen branch of each layer runs
+        before = len(calls)
+        A.augment(scene(), "s4", (64, 64), seed=tf.constant([3, i], tf.int64))
+        per_example.append(len(calls) - before)
+    assert max(per_example) == 2 and np.mean(per_example) > 1.5  # 1/17 identity per layer
+    magnitude_10 = {"Rotate_BBox": 30.0, "ShearX_BBox": 0.3, "ShearY_BBox": 0.3,
+                    "Color": 1.9, "Contrast": 1.9, "Brightness": 1.9, "Sharpness": 1.9,
+                    "Posterize": 4.0, "Solarize": 256.0, "SolarizeAdd": 110.0}
+    seen = 0
+    for name, args in calls:
+        if name in magnitude_10:
+            assert abs(args[-1]) == pytest.approx(magnitude_10[name]), (name, args)
+            seen += 1
+    assert seen >= 10
+
+
+def test_autoaugment_runs_detection_v0_sub_policies(monkeypatch):
+    calls = _record_ops(monkeypatch)
+    policy = [[(n, p, l) for n, p, l in sub] for sub in
+              __import__("official.vision.ops.augment", fromlist=["x"]).AutoAugment
+              .detection_policy_v0()]
+    names = {n for sub in policy for n, _, _ in sub}
+    for i in range(20):
+        A.augment(scene(), "s2", (64, 64), seed=tf.constant([8, i], tf.int64))
+    assert calls and {n for n, _ in calls} <= names
+
+
+@pytest.mark.parametrize("source", [96, 960])
+def test_translate_and_cutout_scale_with_the_image_the_op_sees(source, monkeypatch):
+    # The ops run before resizing: their pixel constants follow the source image (COCO
+    # constants are for 640 px images), not the output size (64 here).
+    big = {"image": tf.image.resize(scene()["image"], [source, source], "nearest"),
+           "boxes": scene()["boxes"] * source / 96.0, "classes": scene()["classes"]}
+    calls = _record_ops(monkeypatch)
+    for i in range(60):
+        A.augment(big, "s4", (64, 64), seed=tf.constant([9, i], tf.int64))
+    scale = source / 640.0
+    translations = [abs(a[-1]) for n, a in calls if n.startswith("Translate")]
+    cutouts = [a[0] for n, a in calls if n == "Cutout"]
+    assert translations and cutouts
+    np.testing.assert_allclose(translations, 100.0 * scale, rtol=1e-5)
+    np.testing.assert_array_equal(cutouts, int(max(1.0, 40.0 * scale)))
 
 
 def test_unknown_op_is_a_clear_error():
