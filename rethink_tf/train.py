@@ -21,7 +21,7 @@ def main(argv):
     cli.quiet_logs()
     from rethink_tf.training import trainer  # pylint: disable=g-import-not-at-top
     config = _CONFIG.value
-    if config.self_training.pseudo_labels:
+    if config.self_training.get("student", False) or config.self_training.pseudo_labels:
         from rethink_tf.training import student  # pylint: disable=g-import-not-at-top
         student.train_student(config, _WORKDIR.value)
     else:

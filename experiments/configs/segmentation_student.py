@@ -27,6 +27,9 @@ def get_config():
     c.train.warmup_steps = 200
     c.train.checkpoint_every = 500
     c.train.eval_every = 0
+    # A student: `python -m rethink_tf.train` needs --config.self_training.pseudo_labels=DIR
+    # (the pipeline sets it; its teacher runs with student=False).
+    c.self_training.student = True
     c.self_training.unlabeled_split = "unlabeled[:5000]"
     c.self_training.pixel_threshold = 0.5
     return c

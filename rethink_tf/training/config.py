@@ -26,6 +26,9 @@ def base_config(task="detection"):
     c.init = "random"
     c.strategy = "default"
     c.tpu = ""  # TPU address for strategy=tpu ("" = local / Cloud TPU VM)
+    # TF op determinism: the same command twice (or killed and resumed) gives the same
+    # weights and metrics, at some cost in speed (README, "Reproducibility").
+    c.deterministic = False
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = f"digit_scenes/{'detection' if task != 'classification' else task}"
@@ -78,13 +81,21 @@ def base_config(task="detection"):
     c.eval.batch_size = 32
     c.eval.num_images = 0  # 0 = the whole eval split
     c.eval.tb_images = 6  # images with predictions drawn into TensorBoard
+    # Detection: a COCO annotation JSON to score against (e.g. the official
+    # instances_val2017.json for coco/2017); "" = the source's own (coco_json:'s file, or one
+    # written once from the TFDS COCO source), or its canonical examples for other sources.
+    c.eval.annotation_file = ""
 
     c.self_training = ml_collections.ConfigDict()
-    c.self_training.pseudo_labels = ""  # a pseudo-label directory turns on the student
-    c.self_training.ratio = 1.0  # pseudo:human images per batch
+    # A student trains on human + pseudo labels and needs `pseudo_labels`; student configs set
+    # it, so that one run without pseudo labels fails instead of silently training supervised.
+    c.self_training.student = False
+    c.self_training.pseudo_labels = ""  # the pseudo-label directory a student trains on
+    c.self_training.ratio = 1.0  # pseudo:human images per batch (x batch_size: an integer)
     c.self_training.loss_norm = True
     c.self_training.alpha = 1.0
     c.self_training.decay = 0.99  # moving-average decay of the loss normaliser
+    c.self_training.average_terms = False  # divide the total by 1 + alpha (loss_norm.py)
     # Used by `python -m rethink_tf.pipeline` (teacher -> pseudo labels -> student):
     c.self_training.unlabeled = "digit_scenes/detection"  # any source name
     c.self_training.unlabeled_split = "unlabeled"
@@ -108,19 +119,71 @@ def _fail(field, message):
     raise ValueError(f"config.{field}: {message}")
 
 
-def validate(config):
-    """Checks a config before any work starts; raises ValueError naming the bad field.
+def _get(config, field):
+    section, _, key = field.rpartition(".")
+    node = config[section] if section else config
+    if key not in node:
+        _fail(field, "is missing (configs start from rethink_tf.training.config.base_config)")
+    return node[key]
 
-    Dataset existence and backbone names are checked here too (cheaply: TFDS metadata and
-    the backbone registry), so that a typo fails in seconds, not after data loading.
+
+def _check_type(field, value, kinds, what):
+    # bool is an int in Python; a flag typo like `--config.train.steps=True` must still fail.
+    if isinstance(value, bool) and bool not in kinds:
+        _fail(field, f"must be {what}, got {value!r}")
+    if not isinstance(value, kinds):
+        _fail(field, f"must be {what}, got {value!r}")
+
+
+def _int(config, field, low=None, high=None):
+    value = _get(config, field)
+    _check_type(field, value, (int,), "an integer")
+    _check_range(field, value, low, high, low_open=False)
+    return value
+
+
+def _float(config, field, low=None, high=None, low_open=False, high_open=False):
+    value = _get(config, field)
+    _check_type(field, value, (int, float), "a number")
+    _check_range(field, value, low, high, low_open, high_open)
+    return value
+
+
+def _check_range(field, value, low, high, low_open=False, high_open=False):
+    if low is not None and (value <= low if low_open else value < low):
+        _fail(field, f"must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        _fail(field, f"must be {'<' if high_open else '<='} {high}, got {value}")
+
+
+def _bool(config, field):
+    value = _get(config, field)
+    _check_type(field, value, (bool,), "true or false")
+    return value
+
+
+def _choice(config, field, choices):
+    value = _get(config, field)
+    if value not in choices:
+        _fail(field, f"{value!r} is not one of {tuple(choices)}")
+    return value
+
+
+def validate(config):
+    """Checks every field of a config before any work starts; raises ValueError naming it.
+
+    Every field is checked whether or not its feature is on (a student's fields in a
+    supervised run too), so a typo never waits for the run that uses it. Dataset existence
+    and backbone names are checked here too (cheaply: TFDS metadata and the backbone
+    registry), so that a typo fails in seconds, not after data loading.
     """
     from rethink_tf.models import backbones  # pylint: disable=g-import-not-at-top
-    if config.task not in TASKS:
-        _fail("task", f"{config.task!r} is not one of {TASKS}")
-    if config.augment not in POLICIES:
-        _fail("augment", f"{config.augment!r} is not one of {POLICIES}")
-    if config.strategy not in STRATEGIES:
-        _fail("strategy", f"{config.strategy!r} is not one of {STRATEGIES}")
+    _choice(config, "task", TASKS)
+    _choice(config, "augment", POLICIES)
+    _choice(config, "strategy", STRATEGIES)
+    _int(config, "seed", 0)
+    if "deterministic" in config:
+        _bool(config, "deterministic")
     init = config.init
     if not (init == "random" or init.split(":", 1)[0] in ("pretrained", "checkpoint", "teacher")
             and ":" in init):
@@ -132,42 +195,110 @@ def validate(config):
             _fail("init", f"{init!r} names no path")
         if not os.path.exists(path) and not os.path.exists(path + ".weights.h5"):
             _fail("init", f"{path!r} does not exist")
-    fraction = config.dataset.fraction
-    if not 0.0 < fraction <= 1.0:
-        _fail("dataset.fraction", f"{fraction} is not in (0, 1]")
-    if config.model.backbone not in backbones.BACKBONE_NAMES:
-        _fail("model.backbone", f"unknown backbone {config.model.backbone!r}; known: "
+
+    _check_type("dataset.fraction", config.dataset.fraction, (int, float), "a number")
+    if not 0.0 < config.dataset.fraction <= 1.0:
+        _fail("dataset.fraction", f"{config.dataset.fraction} is not in (0, 1]")
+    size = _int(config, "dataset.image_size", 1)
+    _int(config, "dataset.max_boxes", 1)
+    _int(config, "dataset.shuffle_buffer", 1)
+    _bool(config, "dataset.cache")
+
+    m = config.model
+    if m.backbone not in backbones.BACKBONE_NAMES:
+        _fail("model.backbone", f"unknown backbone {m.backbone!r}; known: "
                                 f"{', '.join(backbones.BACKBONE_NAMES)}")
-    if config.train.schedule not in SCHEDULES:
-        _fail("train.schedule", f"{config.train.schedule!r} is not one of {SCHEDULES}")
-    for field in ("steps", "batch_size"):
-        if config.train[field] <= 0:
-            _fail(f"train.{field}", f"must be > 0, got {config.train[field]}")
-    if config.train.learning_rate <= 0:
-        _fail("train.learning_rate", f"must be > 0, got {config.train.learning_rate}")
-    if config.train.checkpoint_every <= 0:
-        _fail("train.checkpoint_every", "must be > 0")
-    size = config.dataset.image_size
-    if config.task == "detection" and size % (2 ** config.model.max_level):
+    _int(config, "model.num_classes", 0)
+    _float(config, "model.drop_path_rate", 0.0, 1.0, high_open=True)
+    max_level = _int(config, "model.max_level", 5, 7)
+    sizes = tuple(m.anchor_sizes)
+    if len(sizes) != max_level - 2 or any(
+            isinstance(a, bool) or not isinstance(a, (int, float)) or a <= 0 for a in sizes):
+        _fail("model.anchor_sizes", f"needs {max_level - 2} positive sizes (one per level "
+                                    f"P3..P{max_level}), got {sizes}")
+    for field in ("fpn_filters", "head_filters", "aspp_filters", "projection_filters",
+                  "max_detections"):
+        _int(config, f"model.{field}", 1)
+    _int(config, "model.head_depth", 0)
+    _choice(config, "model.head_norm", ("none", "group"))
+    _choice(config, "model.box_loss", ("smoothl1", "huber"))
+    _float(config, "model.eval_score_threshold", 0.0, 1.0)
+    _bool(config, "model.sync_batchnorm")
+    if "dropout" in m:
+        _float(config, "model.dropout", 0.0, 1.0, high_open=True)
+    if config.task == "detection" and size % (2 ** max_level):
         _fail("dataset.image_size", f"{size} must be divisible by 2**model.max_level = "
-                                    f"{2 ** config.model.max_level}")
+                                    f"{2 ** max_level}")
+    if config.task == "segmentation" and size % 8:
+        _fail("dataset.image_size", f"{size} must be divisible by 8 (DeepLabV3+ works at 1/8 "
+                                    "and 1/4 of the input)")
+
+    t = config.train
+    _int(config, "train.steps", 1)
+    _int(config, "train.batch_size", 1)
+    _float(config, "train.learning_rate", 0.0, low_open=True)
+    _float(config, "train.momentum", 0.0, 1.0, high_open=True)
+    _choice(config, "train.schedule", SCHEDULES)
+    _int(config, "train.warmup_steps", 0)
+    bounds = tuple(t.step_boundaries)
+    if any(not 0.0 < b < 1.0 for b in bounds) or list(bounds) != sorted(bounds):
+        _fail("train.step_boundaries", f"must be increasing fractions of the steps in (0, 1), "
+                                       f"got {bounds}")
+    _float(config, "train.step_factor", 0.0, 1.0, low_open=True)
+    _float(config, "train.weight_decay", 0.0)
+    _float(config, "train.clipnorm", 0.0)
+    _int(config, "train.checkpoint_every", 1)
+    _int(config, "train.keep_checkpoints", 1)
+    _int(config, "train.eval_every", 0)
+    _int(config, "train.log_every", 1)
+    _bool(config, "train.mixed_precision")
+    _bool(config, "train.xla")
+    _choice(config, "train.verbose", (0, 1, 2))
+    if "label_smoothing" in t:
+        _float(config, "train.label_smoothing", 0.0, 1.0, high_open=True)
+
+    _int(config, "eval.batch_size", 1)
+    _int(config, "eval.num_images", 0)
+    _int(config, "eval.tb_images", 0)
+    annotation_file = config.eval.get("annotation_file", "")
+    if annotation_file and not os.path.isfile(annotation_file):
+        _fail("eval.annotation_file", f"{annotation_file!r} is not a file")
+
     st = config.self_training
-    if st.pseudo_labels:
-        if not os.path.isdir(st.pseudo_labels):
-            _fail("self_training.pseudo_labels", f"{st.pseudo_labels!r} is not a directory")
-        if st.ratio <= 0:
-            _fail("self_training.ratio", f"must be > 0, got {st.ratio}")
-        if st.alpha < 0:
-            _fail("self_training.alpha", f"must be >= 0, got {st.alpha}")
-        if not 0.0 <= st.decay < 1.0:
-            _fail("self_training.decay", f"must be in [0, 1), got {st.decay}")
+    student = _bool(config, "self_training.student") if "student" in st else bool(
+        st.pseudo_labels)
+    if student and not st.pseudo_labels:
+        _fail("self_training.pseudo_labels", "this is a student config (self_training.student "
+              "is true) and needs pseudo labels: pass --config.self_training.pseudo_labels=<dir "
+              "from `python -m rethink_tf.pseudo_label`>, or --config.self_training.student="
+              "false to train supervised")
+    if st.pseudo_labels and not student:
+        _fail("self_training.student", "is false but self_training.pseudo_labels is set: set "
+              "--config.self_training.student=true to train a student on them, or drop them")
+    if st.pseudo_labels and not os.path.isdir(st.pseudo_labels):
+        _fail("self_training.pseudo_labels", f"{st.pseudo_labels!r} is not a directory")
+    ratio = _float(config, "self_training.ratio", 0.0, low_open=True)
+    pseudo_batch = t.batch_size * ratio
+    if abs(pseudo_batch - round(pseudo_batch)) > 1e-6:
+        _fail("self_training.ratio", f"{ratio} x train.batch_size {t.batch_size} = "
+                                     f"{pseudo_batch:g} pseudo images per batch: must be a "
+                                     "whole number")
+    _bool(config, "self_training.loss_norm")
+    _float(config, "self_training.alpha", 0.0)
+    _float(config, "self_training.decay", 0.0, 1.0, high_open=True)
+    if "average_terms" in st:
+        _bool(config, "self_training.average_terms")
+    if not isinstance(st.unlabeled, str) or not st.unlabeled:
+        _fail("self_training.unlabeled", f"must name a source, got {st.unlabeled!r}")
+    if not isinstance(st.unlabeled_split, str) or not st.unlabeled_split:
+        _fail("self_training.unlabeled_split", f"must name a split, got {st.unlabeled_split!r}")
     if st.teacher_augment and st.teacher_augment not in POLICIES:
         _fail("self_training.teacher_augment", f"{st.teacher_augment!r} is not one of {POLICIES}")
     if st.student_init not in ("config", "teacher"):
         _fail("self_training.student_init", f"{st.student_init!r} must be 'config' or 'teacher'")
     for field in ("score_threshold", "pixel_threshold"):
-        if not 0.0 <= st[field] <= 1.0:
-            _fail(f"self_training.{field}", f"must be in [0, 1], got {st[field]}")
+        _float(config, f"self_training.{field}", 0.0, 1.0)
+    _bool(config, "self_training.flip_tta")
     _check_dataset(config)
 
 

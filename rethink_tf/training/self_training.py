@@ -35,6 +35,7 @@ def teacher_config(config):
     """
     c = config.copy_and_resolve_references()
     c.self_training.pseudo_labels = ""
+    c.self_training.student = False
     c.augment = config.self_training.teacher_augment or config.augment
     if config.self_training.student_init != "teacher":
         # A teacher-initialised student needs the teacher's exact architecture (stochastic
@@ -46,6 +47,7 @@ def teacher_config(config):
 def student_config(config, pseudo_dir, teacher_dir):
     c = config.copy_and_resolve_references()
     c.self_training.pseudo_labels = pseudo_dir
+    c.self_training.student = True
     if c.self_training.student_init == "teacher":
         c.init = f"teacher:{teacher_dir}"
     return c

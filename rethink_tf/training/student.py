@@ -18,8 +18,6 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from rethink_tf.data import pipelines
-from rethink_tf.data import sources
 from rethink_tf.models import detector as detector_lib
 from rethink_tf.models import losses as losses_lib
 from rethink_tf.training import loss_norm
@@ -253,20 +251,9 @@ def build_student_model(config, num_classes):
     return model
 
 
-def student_dataset(config, info, human_batch_size, input_context=None):
-    """Pairs of (human, pseudo) batches: `human_batch_size` human + ratio x pseudo images."""
-    human = tasks.train_examples(config, info, input_context)
-    pseudo_examples = sources.load(f"pseudo:{config.self_training.pseudo_labels}", "all",
-                                   shuffle_files=True)
-    pseudo_examples = pipelines.shard_for(pseudo_examples, input_context)
-    pseudo = pipelines.preprocess(pseudo_examples, config.task,
-                                  image_size=config.dataset.image_size, policy=config.augment,
-                                  training=True, max_boxes=config.dataset.max_boxes)
-    pairs = pipelines.mix_streams(human, pseudo, config.self_training.ratio,
-                                  human_batch_size=human_batch_size, seed=config.seed,
-                                  shuffle_buffer=config.dataset.shuffle_buffer)
-    return pairs.map(lambda h, p: (pipelines.split_inputs(h, config.task),
-                                   pipelines.split_inputs(p, config.task)))
+def student_dataset(config, info, human_batch_size, input_context=None, start_step=0):
+    """Pairs of (human, pseudo) batches from `start_step` on (see `tasks.student_dataset`)."""
+    return tasks.student_dataset(config, info, human_batch_size, input_context, start_step)
 
 
 def train_student(config, workdir, extra_callbacks=()):

@@ -39,9 +39,12 @@ class Run:
             self.optimizer = optimizer_lib.build_optimizer(config.train)
             tasks.compile_model(self.model, config, self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
+        # A student's loss-normaliser state is saved beside the model, not in it.
+        extras = (self.model.checkpoint_extras()
+                  if hasattr(self.model, "checkpoint_extras") else {})
         self.checkpoints = checkpoints.CheckpointManager(
             workdir, keep=config.train.keep_checkpoints, model=self.model,
-            optimizer=self.optimizer)
+            optimizer=self.optimizer, **extras)
         self.chief = strategy_lib.is_chief()
 
     @property
@@ -51,8 +54,20 @@ class Run:
 
 def _setup(config):
     keras.utils.set_random_seed(int(config.seed))
+    set_op_determinism(bool(config.get("deterministic", False)))
     policy = "mixed_float16" if config.train.mixed_precision else "float32"
     keras.mixed_precision.set_global_policy(policy)
+
+
+def set_op_determinism(enabled):
+    """Turns TF op determinism on or off (process-wide, so set by every run: a deterministic
+    run must not leave the next one slower). TF's public API only turns it on; off goes
+    through the function that public call wraps (an upgrade risk, listed in BUILD.md)."""
+    from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    elif tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
 
 
 def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_fn=None):
@@ -71,11 +86,14 @@ def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_f
       The final metrics dict (as written to `workdir/metrics.json`).
     """
     config_lib.validate(config)
+    if config.self_training.get("student", False) and build_model_fn is None:
+        raise ValueError("config.self_training.student: a student config trains through "
+                         "`rethink_tf.training.student.train_student` (or `python -m "
+                         "rethink_tf.train`), not `trainer.train`")
     _setup(config)
-    os.makedirs(workdir, exist_ok=True)
     run = Run(config, workdir, build_model_fn)
-    if run.chief:
-        config_lib.save(config, workdir)
+    # Restore (or initialise) before writing anything: a run rejected here (a checkpoint of
+    # another architecture, missing init weights) leaves an existing workdir as it was.
     restored = run.checkpoints.restore_latest()
     if restored:
         logging.info("resumed from %s at step %d", restored, run.step)
@@ -83,7 +101,9 @@ def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_f
     else:
         loaded = tasks.initialize(run.model, config)
         if loaded:
-            print(f"Backbone initialised from {loaded}", flush=True)
+            print(f"Initialised from {loaded}", flush=True)
+    if run.chief:
+        config_lib.save(config, workdir)
 
     total = int(config.train.steps)
     tb_train = tf.summary.create_file_writer(os.path.join(workdir, "tb", "train"))
@@ -95,8 +115,10 @@ def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_f
 
     if run.step < total:
         data_fn = train_data_fn or tasks.train_dataset
+        start = run.step
+        # From the restored step on: a resumed run sees the batches an uninterrupted one would.
         dataset = pipelines.distribute(
-            run.strategy, lambda bs, ctx: data_fn(config, run.info, bs, ctx),
+            run.strategy, lambda bs, ctx: data_fn(config, run.info, bs, ctx, start_step=start),
             int(config.train.batch_size))
         every = int(config.train.checkpoint_every)
         summaries = callbacks_lib.TrainSummaries(
@@ -129,11 +151,31 @@ def _read_json(path):
         return json.load(f)
 
 
+def evaluation_inputs(config, info, split):
+    """What `evaluator.evaluate` needs beyond the batches, for the official numbers.
+
+    Detection on COCO (`coco/*`, `coco_json:`) is scored against the dataset's own annotation
+    JSON (crowds, annotation areas, every box); other detection and segmentation sources
+    against their canonical examples at original resolution (every box; masks at the
+    original size, the VOC protocol).
+    """
+    kwargs = {}
+    if config.task == "detection":
+        kwargs["annotation_file"] = config.eval.get("annotation_file") or (
+            evaluator.ground_truth_for(config.dataset.name, split,
+                                       data_dir=config.dataset.data_dir or None))
+        kwargs["category_ids"] = info.category_ids
+    if config.task in ("detection", "segmentation") and not kwargs.get("annotation_file"):
+        kwargs["originals"] = tasks.load_examples(config, split)
+    return kwargs
+
+
 def _evaluate_and_record(run, eval_data, writer, step):
     config = run.config
     metrics, kept = evaluator.evaluate(
         run.model, eval_data, config.task, run.num_classes, class_names=run.class_names,
-        num_images=config.eval.num_images, keep_examples=config.eval.tb_images)
+        num_images=config.eval.num_images, keep_examples=config.eval.tb_images,
+        **evaluation_inputs(config, run.info, config.dataset.eval_split))
     primary = evaluator.PRIMARY_METRIC[config.task]
     if run.chief:
         images = [np.asarray(draw_prediction(config.task, k, run.class_names)) for k in kept]
@@ -162,8 +204,9 @@ def draw_prediction(task, kept, class_names):
 def evaluate_workdir(workdir, split=None, checkpoint="best", num_images=None):
     """Evaluates a trained workdir (best or latest checkpoint) on `split`.
 
-    Writes `metrics.json` (for the eval split) or `metrics_<split>.json`, and TensorBoard
-    summaries under `tb/eval_<split>`.
+    Writes `metrics.json` (for the eval split) or `metrics_<split>.json`, TensorBoard
+    summaries under `tb/eval_<split>` and, for detection, the detections as a COCO results
+    file `detections_<split>.json` (original pixels and ids).
 
     Returns:
       The metrics dict.
@@ -179,9 +222,12 @@ def evaluate_workdir(workdir, split=None, checkpoint="best", num_images=None):
     run.checkpoints.restore(path)
     step = checkpoints.step_of(path)
     data = tasks.eval_dataset(config, split=split)
+    detections = (os.path.join(workdir, f"detections_{split}.json")
+                  if config.task == "detection" else None)
     metrics, _ = evaluator.evaluate(
         run.model, data, config.task, run.num_classes, class_names=run.class_names,
-        num_images=config.eval.num_images if num_images is None else num_images)
+        num_images=config.eval.num_images if num_images is None else num_images,
+        detections_file=detections, **evaluation_inputs(config, run.info, split))
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tb", f"eval_{split}"))
     callbacks_lib.write_eval_summaries(writer, step, metrics)
     record = {"step": step, "split": split, "checkpoint": path, **metrics}

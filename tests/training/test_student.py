@@ -224,7 +224,12 @@ def test_resumed_student_keeps_its_normaliser_and_a_new_one_starts_afresh(batche
     assert float(resumed.avg_pseudo_loss.numpy()) == avg
     fresh = _student(config, alpha=0.5)
     fresh(human[0][:1])
+    fresh.optimizer.build(fresh.trainable_variables)
     checkpoints.restore_model(fresh, str(tmp_path), which="latest")
+    # Weights only: a compiled model tracks its optimizer, whose step must stay 0 (else the
+    # new run would start at the old one's last step and not train).
+    assert int(fresh.optimizer.iterations.numpy()) == 0
+    assert all(not np.any(v.numpy()) for v in fresh.optimizer.variables if "momentum" in v.name)
     assert float(fresh.avg_pseudo_loss.numpy()) == 0.0
     assert float(fresh.loss_normalizer.pseudo_updates.numpy()) == 0.0
     for a, b in zip(fresh.get_weights(), model.get_weights()):

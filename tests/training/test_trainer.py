@@ -136,15 +136,92 @@ def test_interrupted_run_resumes_at_the_saved_step(tmp_path, digit_scenes_data_d
     assert again.steps == []
 
 
+def _final_weights(config, workdir):
+    run = trainer.Run(config, workdir)
+    run.checkpoints.restore(run.checkpoints.latest_checkpoint)
+    return run.model.get_weights()
+
+
+def _without_timing(metrics):
+    return {k: v for k, v in metrics.items() if k != "images_per_s"}
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_deterministic_runs_repeat_and_resume_exactly(task, tmp_path, digit_scenes_data_dir):
+    """With config.deterministic: the same run twice gives the same metrics and weights, and
+    a run interrupted after its checkpoint at step 2 and resumed ends with the weights of the
+    uninterrupted one (it sees the same batches: no replay of the first ones). Strongest
+    augmentation and stochastic depth, so every random source is exercised."""
+    config = tiny_config(task, digit_scenes_data_dir, steps=4)
+    config.deterministic = True
+    config.augment = "s4"
+    config.model.drop_path_rate = 0.2
+    first = trainer.train(config, str(tmp_path / "a"))
+    second = trainer.train(config, str(tmp_path / "b"))
+    assert _without_timing(first) == _without_timing(second)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config, str(tmp_path / "c"), extra_callbacks=[_Interrupt(at_step=3)])
+    resumed = trainer.train(config, str(tmp_path / "c"))
+    assert _without_timing(resumed) == _without_timing(first)
+    reference = _final_weights(config, str(tmp_path / "a"))
+    for a, b, c in zip(reference, _final_weights(config, str(tmp_path / "b")),
+                       _final_weights(config, str(tmp_path / "c"))):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+class _OptimizerSnapshot(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        # By position: paths carry the optimizer's auto-numbered name.
+        self.values = [(v.name, v.numpy().copy()) for v in self.model.optimizer.variables]
+
+
 def test_resume_restores_optimizer_state(tmp_path, digit_scenes_data_dir):
     config = tiny_config("detection", digit_scenes_data_dir, steps=2)
     workdir = str(tmp_path)
-    trainer.train(config, workdir)
+    snapshot = _OptimizerSnapshot()
+    trainer.train(config, workdir, extra_callbacks=[snapshot])
     run = trainer.Run(config, workdir)
     run.checkpoints.restore_latest()
     assert run.step == 2
-    momenta = [v for v in run.optimizer.variables if "momentum" in v.path]
-    assert momenta and any(np.abs(v.numpy()).sum() > 0 for v in momenta)
+    restored = [(v.name, v.numpy()) for v in run.optimizer.variables]
+    assert [name for name, _ in restored] == [name for name, _ in snapshot.values]
+    momenta = [value for name, value in snapshot.values if "momentum" in name]
+    assert momenta and any(np.abs(m).sum() > 0 for m in momenta)
+    for (name, value), (_, saved) in zip(restored, snapshot.values):
+        np.testing.assert_array_equal(value, saved, err_msg=name)
+
+
+def test_recorded_metric_is_the_final_checkpoints(tmp_path, digit_scenes_data_dir):
+    """metrics.json holds the evaluation of the saved final weights: a fresh model restored
+    from the checkpoint and evaluated independently gives the same numbers."""
+    from rethink_tf.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+    config = tiny_config("detection", digit_scenes_data_dir, steps=2)
+    config.model.eval_score_threshold = 0.0  # an untrained detector: keep every detection
+    metrics = trainer.train(config, str(tmp_path))
+    run = trainer.Run(config, str(tmp_path))
+    run.checkpoints.restore(run.checkpoints.latest_checkpoint)
+    independent, _ = evaluator.evaluate(
+        run.model, tasks.eval_dataset(config), "detection", run.num_classes,
+        num_images=config.eval.num_images,
+        **trainer.evaluation_inputs(config, run.info, config.dataset.eval_split))
+    assert metrics["AP50"] > 0.0, "an untrained detector with threshold 0 still finds some"
+    for key in ("AP", "AP50", "AR100"):
+        assert metrics[key] == pytest.approx(independent[key], abs=1e-9), key
+
+
+def test_rejected_resume_leaves_the_workdir_as_it_was(tmp_path, digit_scenes_data_dir):
+    config = tiny_config("detection", digit_scenes_data_dir, steps=2)
+    workdir = tmp_path / "run"
+    trainer.train(config, str(workdir))
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    other = config.copy_and_resolve_references()
+    other.model.backbone = "resnet_small"  # not the checkpoint's architecture
+    other.train.steps = 4
+    with pytest.raises(ValueError, match="does not hold every variable"):
+        trainer.train(other, str(workdir))
+    after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    assert after == before
 
 
 @pytest.mark.parametrize("config_file", sorted(
@@ -158,7 +235,7 @@ def test_every_experiment_config_loads_and_validates(config_file, digit_scenes_d
                                                       "digit_scenes/detection_tiny").replace(
         "digit_scenes/classification", "digit_scenes/classification_tiny")
     config.dataset.data_dir = digit_scenes_data_dir
-    if config.self_training.get("pseudo_labels"):
+    if config.self_training.get("student"):
         config.self_training.pseudo_labels = digit_scenes_data_dir
     config_lib.validate(config)
     # The config resolves to a dataset with the labels its task needs.
@@ -174,6 +251,25 @@ def test_every_experiment_config_loads_and_validates(config_file, digit_scenes_d
     ("augment", "s9", "config.augment: 's9' is not one of"),
     ("init", "pretrained:/no/such/dir", "config.init: '/no/such/dir' does not exist"),
     ("dataset.eval_split", "nope", "config.dataset.eval_split: split 'nope' not in"),
+    ("dataset.image_size", 0, "config.dataset.image_size: must be >= 1, got 0"),
+    ("dataset.image_size", 48, "config.dataset.image_size: 48 must be divisible by"),
+    ("model.anchor_sizes", (16.0, 32.0), "config.model.anchor_sizes: needs 3 positive sizes"),
+    ("model.head_filters", 0, "config.model.head_filters: must be >= 1"),
+    ("model.drop_path_rate", 1.0, "config.model.drop_path_rate: must be < 1.0"),
+    ("train.momentum", 1.5, "config.train.momentum: must be < 1.0"),
+    ("train.steps", True, "config.train.steps: must be an integer"),
+    ("train.weight_decay", -1e-4, "config.train.weight_decay: must be >= 0.0"),
+    ("train.step_boundaries", (0.9, 0.5), "config.train.step_boundaries: must be increasing"),
+    ("train.verbose", 3, "config.train.verbose: 3 is not one of"),
+    ("eval.batch_size", 0, "config.eval.batch_size: must be >= 1"),
+    ("eval.annotation_file", "/no/such.json", "config.eval.annotation_file: '/no/such.json'"),
+    ("seed", -1, "config.seed: must be >= 0"),
+    # Checked although this run is not a student:
+    ("self_training.ratio", -1.0, "config.self_training.ratio: must be > 0.0, got -1.0"),
+    ("self_training.ratio", 0.3, r"config.self_training.ratio: 0.3 x train.batch_size 4 = 1.2"),
+    ("self_training.decay", 1.0, "config.self_training.decay: must be < 1.0"),
+    ("self_training.score_threshold", 2.0, "config.self_training.score_threshold: must be <="),
+    ("self_training.pseudo_labels", "/tmp", "config.self_training.student: is false but"),
 ])
 def test_bad_config_fails_before_any_work(field, value, message, tmp_path,
                                           digit_scenes_data_dir):
@@ -186,8 +282,27 @@ def test_bad_config_fails_before_any_work(field, value, message, tmp_path,
     assert not workdir.exists(), "nothing may be written for a bad config"
 
 
-@pytest.mark.parametrize("task", ["detection", "segmentation"])
-def test_distributed_step_matches_single_device(task, digit_scenes_data_dir):
+def test_student_config_without_pseudo_labels_fails_before_any_work(tmp_path,
+                                                                   digit_scenes_data_dir):
+    """`detection_student.py --config.self_training.ratio=-1` trained supervised for minutes
+    and exited 0; now a student config without pseudo labels fails at once, naming them."""
+    config = tiny_config("detection", digit_scenes_data_dir)
+    config.self_training.student = True
+    config.self_training.ratio = -1.0
+    with pytest.raises(ValueError, match="config.self_training.pseudo_labels: this is a student"):
+        config_lib.validate(config)
+    with pytest.raises(ValueError, match="config.self_training"):
+        trainer.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task,weight_decay,clipnorm", [
+    ("detection", 0.0, 10.0), ("segmentation", 0.0, 10.0),
+    # L2 on and a bound the one-step gradient exceeds (its norm is ~1-10 here): clipping of
+    # the global gradient and the L2 term keep the equivalence.
+    ("detection", 1e-2, 0.05)])
+def test_distributed_step_matches_single_device(task, weight_decay, clipnorm,
+                                                digit_scenes_data_dir):
     """One step on 2 logical CPUs (MirroredStrategy) equals one step on one device.
 
     Same global batch of 4 (2 per replica), same initial weights. Losses are normalised
@@ -198,7 +313,8 @@ def test_distributed_step_matches_single_device(task, digit_scenes_data_dir):
     cpus = tf.config.list_logical_devices("CPU")
     assert len(cpus) >= 2, "conftest configures 2 logical CPU devices"
     config = tiny_config(task, digit_scenes_data_dir)
-    config.train.weight_decay = 0.0
+    config.train.weight_decay = weight_decay
+    config.train.clipnorm = clipnorm
     config.train.warmup_steps = 0
     config.train.learning_rate = 0.01
     info = tasks.dataset_info(config)
@@ -210,10 +326,17 @@ def test_distributed_step_matches_single_device(task, digit_scenes_data_dir):
         return model
 
     def step(model):
+        before = [v.numpy() for v in model.trainable_variables]
         history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
-        return {"loss": history.history["loss"][0]}
+        update = np.sqrt(sum(np.sum((v.numpy() - b) ** 2)
+                             for v, b in zip(model.trainable_variables, before)))
+        return {"loss": history.history["loss"][0], "update_norm": update}
 
     results = distributed_step.one_step_per_strategy(
         (tf.distribute.get_strategy(), strategy_lib.cpu_mirrored_strategy(2)), build, step,
         prepare=lambda model: model(batch[0][:1]))
     distributed_step.assert_steps_match(results, ["loss"])
+    if clipnorm < 1.0:
+        # First SGD step: update = lr * clipped gradient, so its norm shows the clip engaged.
+        for logs, _ in results:
+            assert logs["update_norm"] == pytest.approx(0.01 * clipnorm, rel=1e-3)
