@@ -50,6 +50,8 @@ flags.mark_flags_as_required(["teacher", "unlabeled", "output"])
 def main(argv):
     del argv
     import json  # pylint: disable=g-import-not-at-top
+    from rethink_tf import cli  # pylint: disable=g-import-not-at-top
+    cli.quiet_logs()
     from rethink_tf.pseudo import labeler  # pylint: disable=g-import-not-at-top
     labeler.check_arguments(score_threshold=_SCORE.value, pixel_threshold=_PIXEL.value,
                             num_shards=_NUM_SHARDS.value, shard_index=_SHARD_INDEX.value,

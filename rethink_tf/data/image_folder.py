@@ -167,7 +167,18 @@ def load(pattern: str, *, skip_counter: SkipCounter | None = None,
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.filter(lambda example, ok: ok).map(lambda example, ok: example)
+    return ds.filter(_is_readable).map(_drop_readable_flag)
+
+
+def _is_readable(example, ok):
+    # Named, not lambdas: AutoGraph cannot parse two lambdas on one line and warns users.
+    del example
+    return ok
+
+
+def _drop_readable_flag(example, ok):
+    del ok
+    return example
 
 
 def _try_decode(path: str, counter: SkipCounter):

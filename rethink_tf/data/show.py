@@ -14,17 +14,6 @@ from absl import flags
 from PIL import Image
 from PIL import ImageDraw
 
-_DATASET = flags.DEFINE_string("dataset", "digit_scenes/detection", "Source name (see sources).")
-_SPLIT = flags.DEFINE_string("split", "train", "Split to draw from.")
-_POLICY = flags.DEFINE_enum("policy", "s4", ["s1", "s2", "s3", "s4", "none"],
-                            "Augmentation strength; 'none' is the evaluation resize.")
-_OUT = flags.DEFINE_string("out", "grid.png", "Output PNG path.")
-_ROWS = flags.DEFINE_integer("rows", 4, "Grid rows.")
-_COLS = flags.DEFINE_integer("cols", 6, "Grid columns.")
-_SIZE = flags.DEFINE_integer("image_size", 128, "Model input size in pixels.")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
-
 
 def palette(num_classes):
     """Distinct RGB colours, one per class."""
@@ -136,13 +125,37 @@ def _with_masks(examples, image_size, policy, mask_class_offset):
     return examples.map(to_cell)
 
 
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines the command-line flags.
+
+    Only when run as a program: the trainer imports this module for `draw_example`, and
+    flags defined at import would clash with the importing main's (--split, --seed, ...).
+    """
+    flags.DEFINE_string("dataset", "digit_scenes/detection", "Source name (see sources).")
+    flags.DEFINE_string("split", "train", "Split to draw from.")
+    flags.DEFINE_enum("policy", "s4", ["s1", "s2", "s3", "s4", "none"],
+                      "Augmentation strength; 'none' is the evaluation resize.")
+    flags.DEFINE_string("out", "grid.png", "Output PNG path.")
+    flags.DEFINE_integer("rows", 4, "Grid rows.")
+    flags.DEFINE_integer("cols", 6, "Grid columns.")
+    flags.DEFINE_integer("image_size", 128, "Model input size in pixels.")
+    flags.DEFINE_integer("seed", 0, "Random seed.")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
+
+
 def main(argv):
-    del argv
-    path = render(_DATASET.value, _SPLIT.value, _POLICY.value, _OUT.value, rows=_ROWS.value,
-                  cols=_COLS.value, image_size=_SIZE.value, seed=_SEED.value,
-                  data_dir=_DATA_DIR.value)
+    """Renders the grid the flags describe."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    path = render(FLAGS.dataset, FLAGS.split, FLAGS.policy, FLAGS.out, rows=FLAGS.rows,
+                  cols=FLAGS.cols, image_size=FLAGS.image_size, seed=FLAGS.seed,
+                  data_dir=FLAGS.data_dir)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,4 +1,8 @@
 """Tests for `images:<glob>` sources (`rethink_tf.data.image_folder`)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -80,3 +84,26 @@ def test_fraction_and_shuffle(folder):
     shuffled = [e["source_id"] for e in tfds.as_numpy(
         sources.load(name, "all", shuffle_files=True))]
     assert sorted(shuffled) == sorted(all_ids)
+
+
+_LOAD_IMAGES = """
+import sys
+from rethink_tf.data import sources
+name = "images:" + sys.argv[1]
+for kwargs in ({}, {"fraction": 0.5, "shuffle_files": True}, {"images_only": True}):
+    print(len(list(sources.load(name, "all", **kwargs))))
+"""
+
+
+def test_loading_images_logs_no_autograph_warning(folder):
+    # A fresh process: AutoGraph warns once per function, and only at the first trace.
+    env = {k: v for k, v in os.environ.items() if k != "AUTOGRAPH_VERBOSITY"}
+    result = subprocess.run([sys.executable, "-c", _LOAD_IMAGES, f"{folder}/**/*.*"],
+                            capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = result.stdout.split()
+    assert counts[0] == counts[2] == "5", result.stdout
+    output = result.stdout + result.stderr
+    assert "AutoGraph" not in output, output[-3000:]
+    # Unreadable files are still reported: the logging itself works in this process.
+    assert "skipping unreadable image" in result.stderr
