@@ -289,3 +289,154 @@ def test_cli_runs_and_rejects_bad_flags(detection_teacher_dir, tmp_path, digit_s
     assert good.returncode == 0, good.stderr[-3000:]
     assert records.read_manifest(str(tmp_path / "cli"))["num_images"] == NUM_UNLABELED
     assert (tmp_path / "cli" / "quality.json").exists()
+
+
+# ----------------------------------------------------------------------------------------
+# An oracle teacher: the real Teacher / labeler / records path with only the network's
+# prediction replaced by boxes derived from known truth, so that the recovered pseudo boxes
+# (in original pixels) can be checked against that truth.
+# ----------------------------------------------------------------------------------------
+
+# (height, width) of the source images: non-square, larger and smaller than the 64 px model.
+_ORACLE_SIZES = [(40, 100), (150, 90), (48, 30), (97, 211), (33, 64), (120, 50)]
+# Truth per image, in original pixels (xyxy, class, score). Boxes may extend past the image
+# (a prediction can), the expected pseudo box is then the truth clipped to the image.
+_ORACLE_TRUTH = [
+    # Slightly negative x1 and y1 (also at model resolution); a box reaching into the padding
+    # below the resized image (y2 = 46 > height 40); one under the 0.5 threshold (dropped).
+    [([-3.0, -2.0, 20.0, 15.0], 3, 0.93), ([55.0, 10.0, 90.0, 46.0], 7, 0.71),
+     ([60.0, 0.0, 70.0, 8.0], 1, 0.30)],
+    [([10.0, 20.0, 60.0, 140.0], 0, 0.88), ([65.0, 5.0, 95.0, 30.0], 9, 0.55)],
+    [([2.5, 3.5, 27.0, 44.0], 4, 0.99)],
+    [([100.0, 40.0, 205.0, 96.0], 2, 0.66), ([-1.0, 10.0, 50.0, 60.0], 5, 0.81),
+     ([150.0, 0.0, 180.0, 20.0], 6, 0.52)],
+    [],  # a negative: no box at all
+    [([0.0, 100.0, 49.0, 125.0], 8, 0.77), ([5.0, -4.0, 30.0, 40.0], 8, 0.60)],
+]
+_ORACLE_THRESHOLD = 0.5
+_MODEL_SIZE = 64  # the teacher fixture's config.dataset.image_size
+_ORACLE_SLOTS = 6  # detections per image, padded as the decoder pads (-1)
+
+
+def _model_scale(height, width, size=_MODEL_SIZE):
+    """(y_scale, x_scale) of evaluation's resize-and-pad (RetinaNet style), computed here:
+    fit inside size x size keeping the aspect ratio, resized size rounded to whole pixels."""
+    s = min(size / height, size / width)
+    return round(height * s) / height, round(width * s) / width
+
+
+def _oracle_images():
+    """Per image: id in channel 0 (constant: survives the resize exactly), and a marker in
+    channel 1, dark on the left half and bright on the right, that tells the flipped pass."""
+    images = []
+    for i, (h, w) in enumerate(_ORACLE_SIZES):
+        image = np.zeros((h, w, 3), np.uint8)
+        image[..., 0] = 20 * (i + 1)
+        image[:, : w // 2, 1] = 40
+        image[:, w // 2:, 1] = 220
+        image[..., 2] = 128
+        images.append(image)
+    return images
+
+
+def _oracle_rows(index, flipped):
+    """The decoder's output rows for image `index` at model resolution (maybe flipped)."""
+    h, w = _ORACLE_SIZES[index]
+    sy, sx = _model_scale(h, w)
+    rows = []
+    for box, cls, score in _ORACLE_TRUTH[index]:
+        x1, y1, x2, y2 = box
+        if flipped:
+            # The flipped pass sees the mirrored object, slightly more confident.
+            x1, x2 = w - x2, w - x1
+            score = min(score + 0.02, 1.0)
+        rows.append(([x1 * sx, y1 * sy, x2 * sx, y2 * sy], cls, score))
+    if flipped and index == 1:
+        # An object only the flipped pass finds (mirrored: x in [w - 30, w - 20] there).
+        rows.append(([20.0 * sx, 100.0 * sy, 30.0 * sx, 120.0 * sy], 6, 0.9))
+    return rows
+
+
+class _OracleTeacher(teacher_lib.WorkdirTeacher):
+    """A workdir teacher whose forward pass returns the oracle's rows (all else is real)."""
+
+    def _make_forward(self):
+        def forward(images):
+            images = np.asarray(images)
+            assert images.shape[1:] == (_MODEL_SIZE, _MODEL_SIZE, 3)
+            n = len(images)
+            boxes = -np.ones((n, _ORACLE_SLOTS, 4), np.float32)
+            confidence = -np.ones((n, _ORACLE_SLOTS), np.float32)
+            classes = -np.ones((n, _ORACLE_SLOTS), np.float32)
+            num = np.zeros((n,), np.int32)
+            for b, image in enumerate(images):
+                index = int(image[0, 0, 0]) // 20 - 1
+                assert int(image[0, 0, 0]) == 20 * (index + 1), image[0, 0]
+                flipped = int(image[0, 0, 1]) > 128
+                rows = _oracle_rows(index, flipped)
+                num[b] = len(rows)
+                for k, (box, cls, score) in enumerate(rows):
+                    boxes[b, k], classes[b, k], confidence[b, k] = box, cls, score
+            return {"boxes": tf.constant(boxes), "confidence": tf.constant(confidence),
+                    "classes": tf.constant(classes), "num_detections": tf.constant(num)}
+        return forward
+
+
+def _expected_oracle(index, flip_tta):
+    """{(class, score): clipped truth box} that the pseudo labels must hold for an image."""
+    h, w = _ORACLE_SIZES[index]
+    want = {}
+    for box, cls, score in _ORACLE_TRUTH[index]:
+        if flip_tta:
+            score = min(score + 0.02, 1.0)  # NMS keeps the flipped pass's (higher) score
+        if score >= _ORACLE_THRESHOLD:
+            want[(cls, round(score, 4))] = np.clip(box, 0, [w, h, w, h])
+    if flip_tta and index == 1:
+        want[(6, 0.9)] = np.array([w - 30.0, 100.0, w - 20.0, 120.0])
+    return want
+
+
+@pytest.fixture(scope="module")
+def oracle_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("oracle_images")
+    for i, image in enumerate(_oracle_images()):
+        (folder / f"img{i}.png").write_bytes(tf.io.encode_png(image).numpy())
+    return folder
+
+
+@pytest.mark.parametrize("flip_tta", [False, True])
+def test_oracle_teacher_boxes_come_back_in_original_pixels(flip_tta, detection_teacher_dir,
+                                                           oracle_folder, tmp_path):
+    teacher = _OracleTeacher(detection_teacher_dir)
+    assert teacher.image_size == (_MODEL_SIZE, _MODEL_SIZE)
+    out = tmp_path / "pseudo"
+    manifest = labeler.pseudo_label(teacher, f"images:{oracle_folder}/*.png", str(out),
+                                    score_threshold=_ORACLE_THRESHOLD, flip_tta=flip_tta,
+                                    progress=False, batch_size=4, num_output_shards=2,
+                                    labeled_counts=None)
+    assert manifest["num_images"] == len(_ORACLE_SIZES) and manifest["num_negatives"] == 1
+    scored = {e[ex.SOURCE_ID].numpy().decode(): {k: v.numpy() for k, v in e.items()}
+              for e in records.load_pseudo_records(str(out))}
+    canonical = {e[ex.SOURCE_ID].numpy().decode(): {k: v.numpy() for k, v in e.items()}
+                 for e in sources.load(f"pseudo:{out}", "all")}
+    images = _oracle_images()
+    assert len(canonical) == len(scored) == len(images)
+    total = 0
+    for name, record in canonical.items():
+        index = int(os.path.basename(name)[len("img"):-len(".png")])
+        h, w = _ORACLE_SIZES[index]
+        np.testing.assert_array_equal(record[ex.IMAGE], images[index])  # the original pixels
+        want = _expected_oracle(index, flip_tta)
+        scores = scored[name]["scores"]
+        np.testing.assert_array_equal(scored[name][ex.BOXES], record[ex.BOXES])
+        got = {(int(c), round(float(s), 4)): b
+               for b, c, s in zip(record[ex.BOXES], record[ex.CLASSES], scores)}
+        assert len(got) == len(record[ex.BOXES])
+        assert set(got) == set(want), (name, (h, w), sorted(got), sorted(want))
+        for key, box in want.items():
+            # Resize rounding is inverted exactly by the recorded scale: well under a pixel.
+            np.testing.assert_allclose(got[key], box, atol=0.5,
+                                       err_msg=f"{name} ({h}x{w}) box {key}")
+        assert np.all(np.diff(scores) <= 0)  # highest score first
+        total += len(want)
+    assert manifest["num_boxes"] == total > 0

@@ -23,39 +23,153 @@ CONFIG_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "experiments",
                            "pretrain_simclr.py")
 
 
-def _numpy_nt_xent(z1, z2, temperature):
-    """The paper's definition, written out: mean over the 2N anchors."""
-    z = np.concatenate([z1, z2]).astype(np.float64)
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
-    sim = z @ z.T / temperature
-    n = len(z1)
-    losses = []
-    for i in range(2 * n):
-        positive = (i + n) % (2 * n)
-        others = np.delete(sim[i], i)
-        losses.append(-sim[i, positive] + np.log(np.sum(np.exp(others))))
-    return float(np.mean(losses))
+def _reference_per_anchor(z1, z2, temperature):
+    """NT-Xent per anchor, written from the paper (float64), independent of `simclr`.
+
+    The 2N views are u_0..u_{N-1} = z1 and u_N..u_{2N-1} = z2. Anchor a's positive is the
+    same image's other view, (a + N) mod 2N; its candidates are all 2N views but itself
+    (the positive and the 2N - 2 negatives):
+        l_a = -s(a, a+) / t + log sum_{k != a} exp(s(a, k) / t),  s = cosine similarity.
+
+    Returns:
+      float64 [2N]: l_a for a = 0..2N-1 (view-1 anchors, then view-2 anchors).
+    """
+    u = np.concatenate([z1, z2]).astype(np.float64)
+    u = u / np.sqrt(np.sum(u * u, axis=1, keepdims=True))
+    n2 = len(u)
+    losses = np.empty(n2)
+    for a in range(n2):
+        sims = np.array([np.dot(u[a], u[k]) for k in range(n2)]) / temperature
+        others = np.array([sims[k] for k in range(n2) if k != a])
+        top = others.max()
+        log_denominator = top + np.log(np.sum(np.exp(others - top)))
+        losses[a] = log_denominator - sims[(a + n2 // 2) % n2]
+    return losses
 
 
-@pytest.mark.parametrize("temperature", [0.1, 0.5, 1.0])
-def test_nt_xent_matches_numpy_reference(temperature):
-    rng = np.random.default_rng(0)
-    z1, z2 = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+def _reference_loss(z1, z2, temperature):
+    """The mean over the 2N anchors."""
+    return float(np.mean(_reference_per_anchor(z1, z2, temperature)))
+
+
+def _finite_difference_gradient(fn, z1, z2, eps=1e-6):
+    """Central differences of scalar `fn(z1, z2)` (float64) w.r.t. every entry of z1, z2."""
+    grads = []
+    for which in range(2):
+        z = [np.array(z1, np.float64), np.array(z2, np.float64)]
+        grad = np.zeros_like(z[which])
+        for index in np.ndindex(grad.shape):
+            plus = [a.copy() for a in z]
+            minus = [a.copy() for a in z]
+            plus[which][index] += eps
+            minus[which][index] -= eps
+            grad[index] = (fn(*plus) - fn(*minus)) / (2 * eps)
+        grads.append(grad)
+    return grads
+
+
+def test_reference_itself_on_a_hand_computed_case():
+    # Two images, orthogonal unit views: every cosine is 0 except the view with itself, so
+    # each anchor's 3 candidates have logit 0 and l_a = log 3 (whatever the temperature).
+    z1 = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    z2 = np.array([[0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    np.testing.assert_allclose(_reference_per_anchor(z1, z2, 0.3), np.log(3.0), rtol=1e-12)
+    # Identical views (cosine 1 with the positive, 0 with the 2 negatives):
+    # l_a = -1/t + log(e^{1/t} + 2).
+    z2 = z1 * 3.0  # norms do not matter
+    t = 0.5
+    np.testing.assert_allclose(_reference_per_anchor(z1, z2, t),
+                               -1 / t + np.log(np.exp(1 / t) + 2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 16])
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 0.5, 1.0])
+def test_nt_xent_matches_numpy_reference(temperature, batch):
+    rng = np.random.default_rng(batch)
+    z1, z2 = rng.normal(size=(batch, 7)), rng.normal(size=(batch, 7))
     got = float(simclr.nt_xent_loss(z1.astype(np.float32), z2.astype(np.float32), temperature))
-    np.testing.assert_allclose(got, _numpy_nt_xent(z1, z2, temperature), rtol=1e-5)
+    np.testing.assert_allclose(got, _reference_loss(z1, z2, temperature), rtol=2e-5,
+                               atol=1e-6)
 
 
-def test_nt_xent_of_replica_shards_with_gathered_negatives_equals_the_full_batch():
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_nt_xent_gradient_matches_finite_differences(temperature):
+    rng = np.random.default_rng(3)
+    z1, z2 = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+    t1, t2 = tf.constant(z1, tf.float32), tf.constant(z2, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([t1, t2])
+        loss = simclr.nt_xent_loss(t1, t2, temperature)
+    got = tape.gradient(loss, [t1, t2])
+    want = _finite_difference_gradient(lambda a, b: _reference_loss(a, b, temperature), z1, z2)
+    for g, w in zip(got, want):
+        assert np.abs(w).max() > 1e-2  # not a vacuous comparison of zeros
+        np.testing.assert_allclose(g.numpy(), w, rtol=1e-3, atol=2e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.7])
+def test_replica_shard_loss_is_the_mean_over_its_anchors_with_global_negatives(temperature):
     rng = np.random.default_rng(1)
-    z1, z2 = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(6, 4)).astype(
-        np.float32)
-    full = float(simclr.nt_xent_loss(z1, z2, 0.2))
-    shards = [float(simclr.nt_xent_loss(z1[i:i + 3], z2[i:i + 3], 0.2, z1_all=z1, z2_all=z2,
-                                        offset=i)) for i in (0, 3)]
-    np.testing.assert_allclose(np.mean(shards), full, rtol=1e-5)
+    n, shard = 6, 2
+    z1, z2 = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
+    per_anchor = _reference_per_anchor(z1, z2, temperature)
+    f1, f2 = z1.astype(np.float32), z2.astype(np.float32)
+    for offset in range(0, n, shard):
+        rows = np.arange(offset, offset + shard)
+        want = np.mean(np.concatenate([per_anchor[rows], per_anchor[rows + n]]))
+        got = float(simclr.nt_xent_loss(f1[rows], f2[rows], temperature, z1_all=f1, z2_all=f2,
+                                        offset=offset))
+        np.testing.assert_allclose(got, want, rtol=2e-5)
     # Per-replica negatives only would be a different (easier) loss.
-    local = np.mean([float(simclr.nt_xent_loss(z1[i:i + 3], z2[i:i + 3], 0.2)) for i in (0, 3)])
-    assert abs(local - full) > 1e-3
+    local = float(simclr.nt_xent_loss(f1[:shard], f2[:shard], temperature))
+    want = np.mean(np.concatenate([per_anchor[:shard], per_anchor[n:n + shard]]))
+    assert abs(local - want) > 1e-3
+
+
+def test_distributed_compute_loss_and_gradients_equal_the_full_batch_reference():
+    """Under 2 replicas, `SimCLR.compute_loss` gathers the other replica's projections:
+    the replicas' (1 / replicas-scaled) losses add up to the full-batch NT-Xent, and each
+    replica's gradient w.r.t. its own projections (the all-gather's gradient summed back to
+    the owner) is the full-batch loss's gradient for those rows."""
+    cpus = tf.config.list_logical_devices("CPU")
+    assert len(cpus) >= 2, "conftest configures 2 logical CPU devices"
+    # No collective ops here: a second collective MirroredStrategy in this process would
+    # reuse its collective instance keys (TF starts every strategy's at the same value) for
+    # other ops and abort the collective test below; the gather's semantics are the same.
+    strategy = tf.distribute.MirroredStrategy(
+        [d.name for d in cpus[:2]], cross_device_ops=tf.distribute.ReductionToOneDevice())
+    temperature, n, dim = 0.2, 6, 5
+    with strategy.scope():
+        model = simclr.build_simclr("resnet_tiny", 32, projection_dim=dim, hidden_dim=8,
+                                    temperature=temperature, sync_batchnorm=False)
+    assert not model.losses  # nothing but NT-Xent enters the loss below
+    rng = np.random.default_rng(4)
+    z1, z2 = rng.normal(size=(n, dim)), rng.normal(size=(n, dim))
+    half = n // 2
+
+    def local(ctx):
+        rows = slice(ctx.replica_id_in_sync_group * half, (ctx.replica_id_in_sync_group + 1) * half)
+        return tf.constant(np.concatenate([z1[rows], z2[rows]]), tf.float32)
+
+    z_local = strategy.experimental_distribute_values_from_function(local)
+
+    @tf.function
+    def replica_fn(z):
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            loss = model.compute_loss(y_pred=z, training=True)
+        return loss, tape.gradient(loss, z)
+
+    losses, grads = strategy.run(replica_fn, args=(z_local,))
+    losses = [float(v) for v in strategy.experimental_local_results(losses)]
+    grads = [g.numpy() for g in strategy.experimental_local_results(grads)]
+    np.testing.assert_allclose(sum(losses), _reference_loss(z1, z2, temperature), rtol=2e-5)
+    want1, want2 = _finite_difference_gradient(
+        lambda a, b: _reference_loss(a, b, temperature), z1, z2)
+    for replica, grad in enumerate(grads):
+        rows = slice(replica * half, (replica + 1) * half)
+        np.testing.assert_allclose(grad[:half], want1[rows], rtol=1e-3, atol=2e-5)
+        np.testing.assert_allclose(grad[half:], want2[rows], rtol=1e-3, atol=2e-5)
 
 
 def test_nt_xent_prefers_aligned_views():
