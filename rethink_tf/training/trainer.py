@@ -53,6 +53,9 @@ class Run:
 
 
 def _setup(config):
+    # Fresh Keras global state (layer-name counters above all): a run's graph, hence its
+    # float summation order, then does not depend on what ran before it in the process.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(int(config.seed))
     set_op_determinism(bool(config.get("deterministic", False)))
     policy = "mixed_float16" if config.train.mixed_precision else "float32"
