@@ -1,38 +1,24 @@
-r"""The "ImageNet++" checkpoint: a stronger supervised pre-training than "ImageNet".
+"""Moved to `experiments/configs/pretrain_classification.py:plus` (a variant, not a copy).
 
-  python -m rethink_tf.pretrain --config=experiments/configs/pretrain_classification_plus.py \
-      --workdir=/tmp/imagenet_plus
-
-How it is made stronger, in the spirit of the paper's ImageNet++ (EfficientNet-B7 trained
-longer with stronger augmentation and Noisy Student): the same backbone and data as
-pretrain_classification.py ("ImageNet"), but
-  - 2.7x as many steps (4000 vs 1500 at batch 64),
-  - stronger augmentation: s2 = AutoAugment + flip + scale jitter [0.8, 1.2] (vs s1),
-  - dropout 0.1 before the classifier (head-only noise; the backbone stays loadable by
-    detection/segmentation, which build it without dropout).
-Measured on digit_scenes/classification validation: 0.949 top-1 vs 0.884 for "ImageNet"
-(experiments/bench/PRETRAINING.md). s4 (RandAugment + scale jitter [0.5, 2.0]) for 3000
-steps was too strong for this small model and image size: 0.813.
-Once self-training exists, a further step is noisy-student classification on the unlabeled
-pool (digit_scenes/detection `unlabeled`); not done here.
+This alias keeps old commands working; delete it once README.md, rethink_tf/pipeline.py, tests/
+and experiments/bench/ name `pretrain_classification.py:plus`.
 """
 
-from rethink_tf.training.config import base_config
+import importlib.util
+import os
+
+VARIANTS = {"": "= pretrain_classification.py:plus"}
 
 
-def get_config():
-    c = base_config("classification")
-    c.model.backbone = "resnet_small"
-    c.model.dropout = 0.1
-    c.dataset.image_size = 64
-    c.augment = "s2"
-    c.train.steps = 4000
-    c.train.batch_size = 64
-    c.train.learning_rate = 0.2
-    c.train.warmup_steps = 200
-    c.train.label_smoothing = 0.1
-    c.train.checkpoint_every = 500
-    c.train.eval_every = 0
-    c.train.log_every = 100
-    c.eval.batch_size = 100
-    return c
+def _load(name):
+    # Config files are loaded by path (config_flags), not as a package: siblings likewise.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    spec = importlib.util.spec_from_file_location(f"rethink_configs.{name[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(arg=None):
+    _load("_common.py").variant(arg, VARIANTS, __file__)
+    return _load("pretrain_classification.py").get_config("plus")

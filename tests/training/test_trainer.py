@@ -19,8 +19,6 @@ from rethink_tf.training import trainer
 
 import distributed_step  # tests/distributed_step.py  # pylint: disable=g-bad-import-order
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs")
-
 
 def tiny_config(task, data_dir, dataset=None, steps=2):
     c = config_lib.base_config(task)
@@ -262,25 +260,6 @@ def test_rejected_resume_leaves_the_workdir_as_it_was(tmp_path, digit_scenes_dat
         trainer.train(other, str(workdir))
     after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
     assert after == before
-
-
-@pytest.mark.parametrize("config_file", sorted(
-    f for f in os.listdir(CONFIG_DIR) if f.endswith(".py") and not f.startswith("_")))
-def test_every_experiment_config_loads_and_validates(config_file, digit_scenes_data_dir):
-    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    config = config_flags.config_flags._LoadConfigModule(  # pylint: disable=protected-access
-        "cfg", os.path.join(CONFIG_DIR, config_file)).get_config()
-    # Point at the tiny prepared data; everything else as written.
-    config.dataset.name = config.dataset.name.replace("digit_scenes/detection",
-                                                      "digit_scenes/detection_tiny").replace(
-        "digit_scenes/classification", "digit_scenes/classification_tiny")
-    config.dataset.data_dir = digit_scenes_data_dir
-    if config.self_training.get("student"):
-        config.self_training.pseudo_labels = digit_scenes_data_dir
-    config_lib.validate(config)
-    # The config resolves to a dataset with the labels its task needs.
-    assert tasks.num_classes(config) > 0
-    assert config.train.steps > 0 and config.augment in config_lib.POLICIES
 
 
 @pytest.mark.parametrize("field,value,message", [
