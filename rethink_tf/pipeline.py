@@ -41,7 +41,7 @@ def main(argv):
     del argv
     from rethink_tf import cli  # pylint: disable=g-import-not-at-top
     cli.quiet_logs()
-    from rethink_tf.training import self_training  # pylint: disable=g-import-not-at-top
+    from rethink_tf import self_training  # pylint: disable=g-import-not-at-top
     self_training.run(_CONFIG.value, _WORKDIR.value, rounds=_ROUNDS.value,
                       quality_images=_QUALITY_IMAGES.value,
                       pretrain_config=_PRETRAIN_CONFIG.value if _PRETRAIN.value else None)

@@ -28,6 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from rethink_tf.data import example as ex
+from rethink_tf.data import image_files
+from rethink_tf.data import subsets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,19 +155,18 @@ def load(annotation_file: str, image_dir: str, *, keep_crowd: bool = False,
         image_dir: the folder that the images' `file_name`s are relative to.
         keep_crowd: keep crowd annotations as ordinary boxes.
         with_masks: also emit a semantic `mask`.
-        fraction: keep the `sources.in_fraction` subset of the images.
+        fraction: keep the `subsets.in_fraction` subset of the images.
         shuffle: shuffle the image order (reshuffled each epoch).
         seed: the shuffle seed.
 
     Returns:
         A dataset of {'image', 'boxes', 'classes', 'source_id'} (+ 'mask').
     """
-    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
     index = read_index(annotation_file, image_dir)
     source_ids = [str(i) for i in index.image_ids]
     selected = np.arange(len(source_ids))
     if fraction is not None and fraction < 1.0 and source_ids:
-        selected = selected[sources.in_fraction(tf.constant(source_ids), fraction).numpy()]
+        selected = selected[subsets.in_fraction(tf.constant(source_ids), fraction).numpy()]
     keep = [np.ones_like(c) if keep_crowd else ~c for c in index.crowd]
     counts = np.array([int(k.sum()) for k in keep], np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -176,9 +177,8 @@ def load(annotation_file: str, image_dir: str, *, keep_crowd: bool = False,
 
     def read(i):
         i = int(i)
-        from rethink_tf.data import image_folder  # pylint: disable=g-import-not-at-top
         try:
-            image = image_folder.decode_image(index.paths[i])
+            image = image_files.decode_image(index.paths[i])
         except Exception as err:  # pylint: disable=broad-except
             raise ValueError(f"{annotation_file}: image id {index.image_ids[i]!r}: cannot "
                              f"decode {index.paths[i]!r}: {err}") from err

@@ -19,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from rethink_tf.data import example as ex
+from rethink_tf.data import subsets
+from rethink_tf.data.image_files import decode_image
 
 _MAGIC = ("*", "?", "[")
 
@@ -80,37 +82,6 @@ def list_images(pattern: str) -> tuple[list[str], str]:
     return paths, _glob_root(expanded)
 
 
-def decode_image(path: str) -> np.ndarray:
-    """Reads an image file as RGB uint8 [H, W, 3].
-
-    Args:
-        path: the file.
-
-    Returns:
-        The image.
-
-    Raises:
-        Exception: whatever PIL raises for an unreadable file.
-    """
-    from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
-    with Image.open(path) as img:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode.startswith("I") or img.mode == "F":
-            # Wide grayscale: scale to 8 bits by the bit depth instead of clipping.
-            gray = np.asarray(img).astype(np.float64)
-            if img.mode == "F" and gray.max(initial=0.0) <= 1.0:
-                gray = gray * 255.0
-            elif img.mode.startswith("I;16") or gray.max(initial=0.0) > 255.0:
-                gray = gray / 257.0
-            gray = np.clip(np.round(gray), 0, 255).astype(np.uint8)
-            return np.repeat(gray[..., None], 3, axis=-1)
-        rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"decoded to an unusable shape {rgb.shape}")
-    return rgb
-
-
 def count_unreadable(pattern: str) -> int:
     """Decodes every file the glob matches and returns how many fail.
 
@@ -134,18 +105,17 @@ def load(pattern: str, *, skip_counter: SkipCounter | None = None,
     Args:
         pattern: a glob, `**` allowed.
         skip_counter: records the unreadable files skipped; a new one if None.
-        fraction: keep the `sources.in_fraction` subset of the files.
+        fraction: keep the `subsets.in_fraction` subset of the files.
         shuffle: shuffle the file order (reshuffled each epoch).
         seed: the shuffle seed.
 
     Returns:
         A dataset of {'image', 'source_id'}.
     """
-    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
     paths, root = list_images(pattern)
     ids = [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
     if fraction is not None and fraction < 1.0:
-        keep = sources.in_fraction(tf.constant(ids), fraction).numpy()
+        keep = subsets.in_fraction(tf.constant(ids), fraction).numpy()
         paths = [p for p, k in zip(paths, keep) if k]
         ids = [i for i, k in zip(ids, keep) if k]
     counter = skip_counter if skip_counter is not None else SkipCounter()

@@ -11,7 +11,7 @@
   (see `rethink_tf.data.coco_json`).
 - `images:<glob>`: a folder of unlabeled images (see `rethink_tf.data.image_folder`).
 - `pseudo:<directory>`: pseudo labels written by `python -m rethink_tf.pseudo_label` (see
-  `rethink_tf.pseudo.records`); one split, `all`; task and classes from its manifest.
+  `rethink_tf.data.pseudo_records`); one split, `all`; task and classes from its manifest.
 
 The canonical example (see `rethink_tf.data.example`): `image` uint8 [H, W, 3],
 `boxes` float32 [N, 4] absolute pixels xyxy, `classes` int32 [N] contiguous from 0,
@@ -41,13 +41,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import numbers
 import re
 from typing import Mapping
 
 import tensorflow as tf
 
+from rethink_tf.data import coco_json
 from rethink_tf.data import example as ex
+from rethink_tf.data import image_folder
+from rethink_tf.data import pseudo_records
+from rethink_tf.data import subsets
+from rethink_tf.data.subsets import FRACTION_BUCKETS  # noqa: F401 (API)
+from rethink_tf.data.subsets import in_fraction
 
 DETECTION = "detection"
 SEGMENTATION = "segmentation"
@@ -65,7 +70,6 @@ COCO_CATEGORY_IDS = (
     50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74,
     75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
 
-FRACTION_BUCKETS = 10000
 
 _SOURCE_ID_KEYS = ("image/filename", "file_name", "filename", "image/id", "id")
 _COCO_SOURCE_ID_KEYS = ("image/id", "image/filename")
@@ -145,24 +149,21 @@ def load(name: str, split: str, *, data_dir: str | None = None,
         ValueError: unknown name or split, bad `fraction`, or bad source contents.
         FileNotFoundError: a file the source names does not exist.
     """
-    fraction = _check_fraction(fraction)
+    fraction = subsets.check_fraction(fraction)
     if name.startswith(COCO_JSON_PREFIX):
-        from rethink_tf.data import coco_json  # pylint: disable=g-import-not-at-top
         annotations, image_dir = parse_coco_json_name(name)
         _check_single_split(name, split)
         ds = coco_json.load(annotations, image_dir, keep_crowd=keep_crowd,
                             with_masks=with_masks, fraction=fraction,
                             shuffle=shuffle_files, seed=_shuffle_seed(read_config))
     elif name.startswith(IMAGES_PREFIX):
-        from rethink_tf.data import image_folder  # pylint: disable=g-import-not-at-top
         _check_single_split(name, split)
         ds = image_folder.load(name[len(IMAGES_PREFIX):], skip_counter=skip_counter,
                                fraction=fraction, shuffle=shuffle_files,
                                seed=_shuffle_seed(read_config))
     elif name.startswith(PSEUDO_PREFIX):
-        from rethink_tf.pseudo import records  # pylint: disable=g-import-not-at-top
         _check_single_split(name, split)
-        ds = records.load_pseudo_labels(name[len(PSEUDO_PREFIX):], shuffle_files=shuffle_files,
+        ds = pseudo_records.load_pseudo_labels(name[len(PSEUDO_PREFIX):], shuffle_files=shuffle_files,
                                         seed=_shuffle_seed(read_config))
         if fraction is not None and fraction < 1.0:
             ds = ds.filter(lambda e: in_fraction(e[ex.SOURCE_ID], fraction))
@@ -195,7 +196,6 @@ def info(name: str, data_dir: str | None = None) -> SourceInfo:
         A `SourceInfo`.
     """
     if name.startswith(COCO_JSON_PREFIX):
-        from rethink_tf.data import coco_json  # pylint: disable=g-import-not-at-top
         annotations, _ = parse_coco_json_name(name)
         ids, names = coco_json.categories(annotations)
         # 'segmentation' describes the masks `with_masks=True` adds: 0 bg, k+1 = class k.
@@ -208,8 +208,7 @@ def info(name: str, data_dir: str | None = None) -> SourceInfo:
         return SourceInfo(name=name, tasks=(), num_classes={}, class_names={},
                           splits=("all",))
     if name.startswith(PSEUDO_PREFIX):
-        from rethink_tf.pseudo import records  # pylint: disable=g-import-not-at-top
-        manifest = records.read_manifest(name[len(PSEUDO_PREFIX):])
+        manifest = pseudo_records.read_manifest(name[len(PSEUDO_PREFIX):])
         task, count = manifest["task"], int(manifest["num_classes"])
         names = tuple(manifest.get("class_names") or (str(c) for c in range(count)))
         return SourceInfo(name=name, tasks=(task,), num_classes={task: count},
@@ -246,21 +245,6 @@ def info(name: str, data_dir: str | None = None) -> SourceInfo:
                       category_ids=category_ids, mask_class_offset=mask_class_offset)
 
 
-def in_fraction(source_id, fraction: float):
-    """True where `source_id` belongs to the deterministic `fraction` subset.
-
-    Args:
-        source_id: a string tensor (any shape) or Python string(s).
-        fraction: in (0, 1].
-
-    Returns:
-        A bool tensor of `source_id`'s shape.
-    """
-    fraction = _check_fraction(fraction)
-    threshold = max(1, int(round(fraction * FRACTION_BUCKETS)))
-    return tf.strings.to_hash_bucket_fast(source_id, FRACTION_BUCKETS) < threshold
-
-
 def parse_coco_json_name(name: str) -> tuple[str, str]:
     """Splits `coco_json:<annotations.json>:<image_dir>` into its two paths.
 
@@ -279,15 +263,6 @@ def parse_coco_json_name(name: str) -> tuple[str, str]:
         raise ValueError(f"source {name!r}: expected 'coco_json:<annotations.json>:<image_dir>' "
                          "(the annotation file must end in .json)")
     return rest[:match.end() - 1], rest[match.end():]
-
-
-def _check_fraction(fraction):
-    if fraction is None:
-        return None
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not (
-            0.0 < fraction <= 1.0):
-        raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
-    return float(fraction)
 
 
 def _check_single_split(name: str, split: str) -> None:

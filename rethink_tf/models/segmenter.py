@@ -18,6 +18,10 @@ from rethink_tf.models.losses import IGNORE_LABEL
 from rethink_tf.models.losses import MaskedSparseCategoricalCrossentropy  # noqa: F401 (API)
 from rethink_tf.models.losses import masked_sparse_categorical_crossentropy
 
+# The segmenter's model class: subclass it to change the train step (the self-training
+# student does), so that only models/ names Keras-CV.
+Segmenter = keras_cv.models.DeepLabV3Plus
+
 
 def _segmentation_head(num_classes, filters):
     # Keras-CV's head with a logits output: 1x1 conv + BN + ReLU, x4 upsampling, 1x1 classifier.
@@ -52,8 +56,8 @@ def build_segmenter(backbone_name, num_classes, image_size=None, *, backbone_kwa
         projection_filters: channels of the projected low-level (P2) features.
         head_filters: channels of the decoder convolution.
         name: model name.
-        model_class: a subclass of `keras_cv.models.DeepLabV3Plus` to instantiate (e.g. the
-            self-training student's); default `keras_cv.models.DeepLabV3Plus`.
+        model_class: a subclass of `Segmenter` (Keras-CV's `DeepLabV3Plus`) to instantiate
+            (e.g. the self-training student's); default `Segmenter`.
 
     Returns:
         A `keras_cv.models.DeepLabV3Plus`; `model.backbone` is its backbone sub-model.
@@ -71,7 +75,7 @@ def build_segmenter(backbone_name, num_classes, image_size=None, *, backbone_kwa
     aspp = keras_cv.layers.SpatialPyramidPooling(
         dilation_rates=list(aspp_dilation_rates), num_channels=aspp_filters,
         dropout=aspp_dropout)
-    model = (model_class or keras_cv.models.DeepLabV3Plus)(
+    model = (model_class or Segmenter)(
         backbone=backbone, num_classes=num_classes, projection_filters=projection_filters,
         spatial_pyramid_pooling=aspp,
         segmentation_head=_segmentation_head(num_classes, head_filters), name=name)

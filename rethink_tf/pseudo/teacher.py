@@ -267,7 +267,6 @@ class WorkdirTeacher(Teacher):
     """A teacher restored from a training workdir's checkpoint (float32)."""
 
     def __init__(self, workdir: str, checkpoint: str = "best"):
-        from rethink_tf.serving import export  # pylint: disable=g-import-not-at-top
         from rethink_tf.training import checkpoints  # pylint: disable=g-import-not-at-top
         from rethink_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
         from rethink_tf.training import tasks  # pylint: disable=g-import-not-at-top
@@ -276,13 +275,13 @@ class WorkdirTeacher(Teacher):
         if self.task not in TASKS:
             raise ValueError(f"teacher {workdir!r} is a {self.task} model; pseudo labels need a "
                              f"detection or segmentation teacher")
-        path = export.resolve_checkpoint(workdir, checkpoint)
+        path = checkpoints.find_checkpoint(workdir, checkpoint)
         self.num_classes = tasks.num_classes(self.config)
         names = tasks.class_names(self.config)
         self.class_names = tuple(str(n) for n in names) or tuple(
             str(c) for c in range(self.num_classes))
-        # export.load_model restores through the optimizer too (see its docstring).
-        self.model = export.load_model(self.config, path, self.num_classes)
+        # Training's one workdir API: float32, strict, the model's weights alone.
+        _, self.model, _ = tasks.load_model(workdir, path, config=self.config)
         size = self.config.dataset.image_size
         self.image_size = (int(size), int(size)) if isinstance(size, int) else tuple(
             int(s) for s in size)
@@ -392,6 +391,19 @@ def _segmentation_to_original(logits, image_info, size):
     return tf.nn.softmax(tf.image.resize(valid, size, method="bilinear"), axis=-1)
 
 
+def _encoded_signature(info):
+    """(signature, input name) of a SavedModel's encoded-image signature.
+
+    Read from the export_info.json that `rethink_tf.serving.export` writes beside it: the
+    SavedModel's format is the contract, so pseudo/ does not import serving/.
+    """
+    for name, spec in (info.get("signatures") or {}).items():
+        for input_name, kind in (spec.get("inputs") or {}).items():
+            if str(kind).startswith("string"):
+                return name, input_name
+    return "serving_default", "encoded_images"  # what every export so far has written
+
+
 class SavedModelTeacher(Teacher):
     """A teacher loaded from a SavedModel written by `rethink_tf.serving.export`.
 
@@ -403,7 +415,6 @@ class SavedModelTeacher(Teacher):
     """
 
     def __init__(self, path: str):
-        from rethink_tf.serving import export  # pylint: disable=g-import-not-at-top
         info_path = os.path.join(path, "assets.extra", "export_info.json")
         if not tf.io.gfile.exists(info_path):
             raise ValueError(f"teacher {path!r} is a SavedModel without assets.extra/"
@@ -420,8 +431,8 @@ class SavedModelTeacher(Teacher):
         self.max_detections = int(info.get("max_detections") or 100)
         self.nms_iou_threshold = float(info.get("iou_threshold") or 0.5)
         self._loaded = tf.saved_model.load(path)
-        self._serve = self._loaded.signatures[export.ENCODED_SIGNATURE]
-        self._input = export.ENCODED_INPUT
+        signature, self._input = _encoded_signature(info)
+        self._serve = self._loaded.signatures[signature]
         self.identity = {"kind": "saved_model", "path": os.path.abspath(path),
                          "workdir": info.get("workdir"), "checkpoint": info.get("checkpoint"),
                          "step": info.get("step"),

@@ -44,13 +44,11 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from rethink_tf.data import augment
 from rethink_tf.data import example as ex
 from rethink_tf.training import checkpoints as checkpoints_lib
 from rethink_tf.training import config as config_lib
-from rethink_tf.training import optimizer as optimizer_lib
 from rethink_tf.training import tasks
 
 ENCODED_SIGNATURE = "serving_default"
@@ -79,7 +77,7 @@ def next_version(output_base):
 
 
 def resolve_checkpoint(workdir, checkpoint="best"):
-    """The checkpoint path that `checkpoint` names in `workdir`.
+    """The checkpoint path that `checkpoint` names in `workdir` (`checkpoints.find_checkpoint`).
 
     Args:
         workdir: a training workdir.
@@ -89,50 +87,21 @@ def resolve_checkpoint(workdir, checkpoint="best"):
     Returns:
         The checkpoint path (prefix).
     """
-    directory = os.path.join(workdir, "checkpoints")
-    if checkpoint == "best":
-        path = tf.train.latest_checkpoint(os.path.join(directory, "best"))
-        if path is None:
-            logging.warning("%s has no best checkpoint; exporting the latest", workdir)
-            checkpoint = "latest"
-        else:
-            return path
-    if checkpoint == "latest":
-        path = tf.train.latest_checkpoint(directory)
-        if path is None:
-            raise FileNotFoundError(f"{workdir!r} has no checkpoint under {directory!r}: "
-                                    "train it first")
-        return path
-    if not tf.io.gfile.exists(checkpoint + ".index"):
-        raise FileNotFoundError(f"checkpoint={checkpoint!r} is neither 'best', 'latest' nor an "
-                                "existing checkpoint path (no .index file)")
-    return checkpoint
+    return checkpoints_lib.find_checkpoint(workdir, checkpoint)
 
 
 def load_model(config, checkpoint_path, num_classes):
     """Builds the task's model in float32 and restores its weights from a training checkpoint.
 
-    The optimizer is rebuilt as the trainer builds it because a training checkpoint reaches
-    some of the model's weights only through the optimizer's variable list (Keras 3 layers
-    keep sub-layers held in Python lists, e.g. the FPN's, out of TensorFlow's checkpoint
-    graph), so restoring the model alone would silently leave them at their initial values.
+    Training's one restore API (`tasks.build_restored_model`): strict, the model alone. Every
+    model variable is in the checkpoint graph (`models.tracking`; `checkpoints.read_model`
+    asserts it), so the optimizer is not needed to reach any weight.
 
     Raises:
-        AssertionError: (from TF) when a model or optimizer variable has no value in the
-            checkpoint, i.e. the checkpoint was written for a different architecture.
+        ValueError: when a model variable has no value in the checkpoint, i.e. the checkpoint
+            was written for a different architecture.
     """
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")  # serve in float32 whatever trained
-    try:
-        model = tasks.build_model(config, num_classes)
-        optimizer = optimizer_lib.build_optimizer(config.train)
-        optimizer.build(model.trainable_variables)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    status = tf.train.Checkpoint(model=model, optimizer=optimizer).restore(checkpoint_path)
-    status.assert_existing_objects_matched()
-    status.expect_partial()  # extra state a run may checkpoint is not needed to serve
-    return model
+    return tasks.build_restored_model(config, checkpoint_path, num_classes)
 
 
 def _image_size(config):
@@ -328,7 +297,7 @@ def export(workdir, output_base, version=None, checkpoint="best", score_threshol
         output_base: the model base path TF Serving watches (`--model_base_path`).
         version: positive integer version; None = the next free one. An existing version is
             never overwritten.
-        checkpoint: "best", "latest" or a checkpoint path (see `resolve_checkpoint`).
+        checkpoint: "best", "latest" or a checkpoint path (`checkpoints.find_checkpoint`).
         score_threshold: detection score threshold applied in the graph.
         max_detections: detections per image; None = `config.model.max_detections`.
         iou_threshold: per-class NMS IoU threshold.
@@ -356,7 +325,7 @@ def export(workdir, output_base, version=None, checkpoint="best", score_threshol
     if os.path.exists(final):
         raise FileExistsError(f"{final!r} exists; TF Serving versions are immutable: pick "
                               "another --version or leave it out for the next free one")
-    checkpoint_path = resolve_checkpoint(workdir, checkpoint)
+    checkpoint_path = checkpoints_lib.find_checkpoint(workdir, checkpoint)
     n_classes = tasks.num_classes(config)
     if class_names is None:
         class_names = tasks.class_names(config)
@@ -366,7 +335,7 @@ def export(workdir, output_base, version=None, checkpoint="best", score_threshol
     image_size = _image_size(config)
     max_detections = int(max_detections or config.model.max_detections)
 
-    model = load_model(config, checkpoint_path, n_classes)
+    _, model, _ = tasks.load_model(workdir, checkpoint_path, config=config)
     if task == "detection":
         from rethink_tf.models import detector  # pylint: disable=g-import-not-at-top
         detector.set_decoder_threshold(model, score_threshold, max_detections, iou_threshold)

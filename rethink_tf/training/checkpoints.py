@@ -12,6 +12,7 @@ import json
 import os
 
 import tensorflow as tf
+from absl import logging
 
 
 class CheckpointManager:
@@ -115,48 +116,63 @@ def assert_all_tracked(checkpoint, model):
 
 
 def find_checkpoint(workdir, which="best"):
-    """The checkpoint of a training workdir: `best` (else the latest) or `latest`.
+    """The checkpoint of a training workdir that `which` names.
+
+    Args:
+      workdir: a training workdir.
+      which: "best" (falls back to the latest, with a warning, when the run has no best
+        checkpoint), "latest", or a checkpoint path (`.../ckpt-<step>`).
+
+    Returns:
+      The checkpoint path (prefix).
 
     Raises:
-      FileNotFoundError: the workdir has no checkpoint.
+      FileNotFoundError: the workdir has no checkpoint, or `which` is neither "best",
+        "latest" nor an existing checkpoint.
     """
-    if which not in ("best", "latest"):
-        raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
     directory = os.path.join(workdir, "checkpoints")
-    path = tf.train.latest_checkpoint(os.path.join(directory, "best")) if which == "best" else None
-    path = path or tf.train.latest_checkpoint(directory)
-    if path is None:
-        raise FileNotFoundError(f"{workdir!r} has no checkpoint in {directory!r}")
-    return path
+    if which == "best":
+        path = tf.train.latest_checkpoint(os.path.join(directory, "best"))
+        if path is not None:
+            return path
+        logging.warning("%s has no best checkpoint; using the latest", workdir)
+        which = "latest"
+    if which == "latest":
+        path = tf.train.latest_checkpoint(directory)
+        if path is None:
+            raise FileNotFoundError(f"{workdir!r} has no checkpoint under {directory!r}: "
+                                    "train it first")
+        return path
+    if not tf.io.gfile.exists(which + ".index"):
+        raise FileNotFoundError(f"checkpoint={which!r} is neither 'best', 'latest' nor an "
+                                "existing checkpoint path (no .index file)")
+    return which
 
 
-def restore_model(model, workdir, which="best"):
-    """Restores only the model of a training workdir's checkpoint, strictly.
+def read_model(model, path):
+    """Restores only the model from the checkpoint at `path`, strictly.
 
     Every variable of `model` must get a value (same architecture); the checkpoint's other
     objects (optimiser state and step, a student's loss-normaliser state) are left out, so
-    the model starts a new run with the weights alone.
-
-    Args:
-      model: the model to fill.
-      workdir: a training workdir.
-      which: "best" (else latest) or "latest".
+    the model starts a new run, or is evaluated, exported or used as a teacher, with the
+    weights alone. Restoring the model alone is complete because `models.tracking` puts every
+    model variable in the checkpoint graph (`assert_all_tracked` checks it).
 
     Returns:
-      The checkpoint path.
+      `path`.
 
     Raises:
-      FileNotFoundError: no checkpoint.
       ValueError: the checkpoint does not hold every variable of `model`.
     """
-    path = find_checkpoint(workdir, which)
+    checkpoint = tf.train.Checkpoint(model=model)
+    assert_all_tracked(checkpoint, model)
     # A compiled Keras model tracks its optimizer: the restore below would also load the
     # other run's optimizer (its step and momenta), and a student would start at the
     # teacher's last step, i.e. not train. Its values are put back afterwards.
     optimizer = getattr(model, "optimizer", None)
     kept = [(v, v.numpy()) for v in optimizer.variables] if optimizer is not None else []
     try:
-        status = tf.train.Checkpoint(model=model).read(path)
+        status = checkpoint.read(path)
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
         raise ValueError(
@@ -166,6 +182,24 @@ def restore_model(model, workdir, which="best"):
     for variable, value in kept:
         variable.assign(value)
     return path
+
+
+def restore_model(model, workdir, which="best"):
+    """Restores only the model of a training workdir's checkpoint, strictly (`read_model`).
+
+    Args:
+      model: the model to fill.
+      workdir: a training workdir.
+      which: "best" (else latest), "latest" or a checkpoint path (`find_checkpoint`).
+
+    Returns:
+      The checkpoint path.
+
+    Raises:
+      FileNotFoundError: no checkpoint.
+      ValueError: the checkpoint does not hold every variable of `model`.
+    """
+    return read_model(model, find_checkpoint(workdir, which))
 
 
 def step_of(path):

@@ -3,7 +3,6 @@
 import os
 
 import keras
-import keras_cv
 import tensorflow as tf
 
 from rethink_tf.data import pipelines
@@ -14,6 +13,8 @@ from rethink_tf.models import detector
 from rethink_tf.models import losses
 from rethink_tf.models import segmenter
 from rethink_tf.models import tracking
+from rethink_tf.training import checkpoints
+from rethink_tf.training import config as config_lib
 
 BACKBONE_WEIGHTS = "backbone.weights.h5"  # written by pretraining into its workdir
 
@@ -61,7 +62,7 @@ def build_model(config, n_classes, model_class_fn=None):
         model = segmenter.build_segmenter(
             m.backbone, n_classes, size, backbone_kwargs=backbone_kwargs,
             aspp_filters=m.aspp_filters, projection_filters=m.projection_filters,
-            head_filters=m.head_filters, model_class=wrap(keras_cv.models.DeepLabV3Plus))
+            head_filters=m.head_filters, model_class=wrap(segmenter.Segmenter))
     else:
         model = classifier.build_classifier(m.backbone, n_classes, size,
                                             backbone_kwargs=backbone_kwargs,
@@ -108,10 +109,60 @@ class _SparseSmoothedCrossentropy(keras.losses.Loss):
 
 
 def _initialize_from_workdir(model, workdir):
-    from rethink_tf.training import checkpoints  # pylint: disable=g-import-not-at-top
     # Strict (same architecture), and the model alone: the teacher's optimiser state, step
     # and loss-normaliser state are not the student's.
     return checkpoints.restore_model(model, workdir, which="best")
+
+
+def build_restored_model(config, checkpoint_path, n_classes=None):
+    """Builds the task's model in float32 and restores its weights from a training checkpoint.
+
+    Strict (`checkpoints.read_model`): every model variable must be in the checkpoint; the
+    optimiser and any other state of the run are not read.
+
+    Args:
+      config: the config of the run that wrote the checkpoint.
+      checkpoint_path: a checkpoint path (`.../ckpt-<step>`).
+      n_classes: classes of the task; None = `num_classes(config)`.
+
+    Raises:
+      ValueError: the checkpoint does not hold every variable of the model (another
+        architecture or config).
+    """
+    if n_classes is None:
+        n_classes = num_classes(config)
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # infer in float32 whatever trained
+    try:
+        model = build_model(config, n_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    checkpoints.read_model(model, checkpoint_path)
+    return model
+
+
+def load_model(workdir, which="best", *, config=None):
+    """The one way to use a finished training workdir: its config and its restored model.
+
+    Teacher inference, evaluation, export and pseudo-labelling read workdirs through this.
+
+    Args:
+      workdir: a training workdir (config.json + checkpoints/).
+      which: "best" (else the latest, with a warning), "latest" or a checkpoint path.
+      config: the workdir's config if the caller has already loaded it (None = load it).
+
+    Returns:
+      (config, model, checkpoint_path): the run's config, its model in float32 with the
+      checkpoint's weights, and the checkpoint restored.
+
+    Raises:
+      FileNotFoundError: no config.json, or no such checkpoint.
+      ValueError: the checkpoint does not hold every variable of the model.
+    """
+    if config is None:
+        config = config_lib.load(workdir)
+    path = checkpoints.find_checkpoint(workdir, which)
+    return config, build_restored_model(config, path), path
 
 
 def backbone_weights_path(init):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from rethink_tf.training import self_training
+from rethink_tf import self_training
 from rethink_tf.training import student as student_lib
 
 from test_trainer import tiny_config  # pylint: disable=g-bad-import-order
@@ -94,13 +94,9 @@ class _RecordStudent(keras.callbacks.Callback):
 
 def _checkpoint_weights(workdir):
     """Every model variable of `workdir`'s best (else latest) checkpoint, restored strictly
-    into a freshly built model (export's loader: every model variable must be in it)."""
-    from rethink_tf.serving import export  # pylint: disable=g-import-not-at-top
-    from rethink_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
+    into a freshly built model (training's workdir API: every model variable must be in it)."""
     from rethink_tf.training import tasks  # pylint: disable=g-import-not-at-top
-    config = config_lib.load(workdir)
-    path = export.resolve_checkpoint(workdir, "best")
-    model = export.load_model(config, path, tasks.num_classes(config))
+    _, model, _ = tasks.load_model(workdir, "best")
     return {v.path: np.array(v.numpy()) for v in model.weights}
 
 
