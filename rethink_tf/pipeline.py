@@ -1,14 +1,14 @@
 r"""The main job: pre-training -> teacher -> pseudo labels -> student -> evaluation -> report.
 
   python -m rethink_tf.pipeline --workdir=/tmp/rt
-  python -m rethink_tf.pipeline --config=experiments/configs/segmentation_student.py \
+  python -m rethink_tf.pipeline --config=experiments/configs/segmentation.py:student \
       --workdir=/tmp/rt_seg --rounds=2
   python -m rethink_tf.pipeline --workdir=/tmp/rt_rand --nopretrain      # "Rand Init"
   python -m rethink_tf.pipeline --workdir=/tmp/rt_pp --nopretrain \
       --config.init=pretrained:/tmp/imagenet_plus                        # a backbone you have
 
 By default the backbone is first pre-trained with --pretrain_config ("ImageNet++" on
-digit_scenes/classification, experiments/configs/pretrain_classification_plus.py) in
+digit_scenes/classification, experiments/configs/pretrain_classification.py:plus) in
 DIR/pretrain, and teacher and student start from it: self-training on top of pre-training, as
 in the paper. (From the weaker "ImageNet" checkpoint, pretrain_classification.py, the 1,500-step
 teacher reaches only AP50 0.28, too weak to teach: experiments/bench/SELF_TRAINING.md.)
@@ -22,7 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/detection_student.py",
+    "config", "experiments/configs/detection.py:student",
     "Student config; its self_training section says how to pseudo-label.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pipeline directory.")
 _ROUNDS = flags.DEFINE_integer("rounds", 1, "Self-training rounds (student -> next teacher).")
@@ -32,7 +32,7 @@ _PRETRAIN = flags.DEFINE_bool(
     "pretrain", True, "Pre-train the backbone with --pretrain_config first (DIR/pretrain); "
     "--nopretrain starts from --config.init (random unless set).")
 _PRETRAIN_CONFIG = config_flags.DEFINE_config_file(
-    "pretrain_config", "experiments/configs/pretrain_classification_plus.py",
+    "pretrain_config", "experiments/configs/pretrain_classification.py:plus",
     "Pre-training config (supervised or SimCLR); its backbone must be --config's.")
 flags.mark_flag_as_required("workdir")
 

@@ -2,7 +2,7 @@ r"""Pre-trains a backbone: supervised classification or SimCLR, as the config sa
 
   python -m rethink_tf.pretrain --config=experiments/configs/pretrain_classification.py \
       --workdir=/tmp/imagenet                     # "ImageNet" (supervised)
-  python -m rethink_tf.pretrain --config=experiments/configs/pretrain_classification_plus.py \
+  python -m rethink_tf.pretrain --config=experiments/configs/pretrain_classification.py:plus \
       --workdir=/tmp/imagenet_plus                # "ImageNet++" (longer, stronger augmented)
   python -m rethink_tf.pretrain --config=experiments/configs/pretrain_simclr.py \
       --workdir=/tmp/simclr                       # SimCLR, then a linear probe

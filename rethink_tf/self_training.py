@@ -107,7 +107,7 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
     """Runs [pre-training ->] teacher -> pseudo labels -> student (x rounds); DIR/report.md.
 
     Args:
-      config: a student config (e.g. experiments/configs/detection_student.py); its
+      config: a student config (e.g. experiments/configs/detection.py:student); its
         `self_training` section says where the unlabeled images are and how to label them.
       workdir: the pipeline's directory.
       rounds: self-training rounds; the student of round k teaches round k + 1.

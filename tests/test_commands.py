@@ -378,9 +378,13 @@ def test_readme_step_by_step(tmp_path, env, digit_scenes_data_dir):
     metrics = assert_workdir(teacher, ["AP", "AP50"])
     assert metrics["split"] == "all"
 
-    run("rethink_tf.pseudo_label", f"--teacher={teacher}",
-        "--unlabeled=digit_scenes/detection_tiny", "--split=unlabeled", f"--output={pseudo}",
-        "--score_threshold=0.0", "--num_output_shards=2", "--batch_size=8", env=env)
+    # As the README: the student config is the one source of the pseudo-labelling settings.
+    run("rethink_tf.pseudo_label", "--config=experiments/configs/detection.py:student",
+        f"--teacher={teacher}", f"--output={pseudo}",
+        "--config.self_training.unlabeled=digit_scenes/detection_tiny",
+        "--config.self_training.unlabeled_split=unlabeled",
+        "--config.self_training.score_threshold=0.0", "--num_output_shards=2",
+        "--batch_size=8", env=env)
     manifest = read_json(pseudo, "manifest.json")
     assert manifest["complete"] and manifest["num_images"] == 48, manifest
     assert manifest["num_boxes"] > 0 and len(manifest["per_class"]) > 0
@@ -388,7 +392,7 @@ def test_readme_step_by_step(tmp_path, env, digit_scenes_data_dir):
     assert [os.path.basename(s) for s in shards] == [
         "pseudo-00000-of-00002.tfrecord", "pseudo-00001-of-00002.tfrecord"]
 
-    run("rethink_tf.train", "--config=experiments/configs/detection_student.py",
+    run("rethink_tf.train", "--config=experiments/configs/detection.py:student",
         f"--config.self_training.pseudo_labels={pseudo}", f"--workdir={student}",
         *overrides("detection"), env=env)
     config = read_json(student, "config.json")
@@ -495,9 +499,9 @@ def test_pipeline_main_job(tmp_path, env):
 
 @pytest.mark.slow
 def test_pipeline_segmentation_rand_init_two_rounds(tmp_path, env):
-    """README's variants: `--config=.../segmentation_student.py`, `--nopretrain`, `--rounds=2`."""
+    """README's variants: `--config=.../segmentation.py:student`, `--nopretrain`, `--rounds=2`."""
     workdir = str(tmp_path / "rt_seg")
-    run("rethink_tf.pipeline", "--config=experiments/configs/segmentation_student.py",
+    run("rethink_tf.pipeline", "--config=experiments/configs/segmentation.py:student",
         f"--workdir={workdir}", "--nopretrain", "--rounds=2", "--quality_images=8",
         *overrides("segmentation", **_TINY_UNLABELED), env=env)
     assert not os.path.exists(os.path.join(workdir, "pretrain"))

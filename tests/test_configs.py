@@ -18,10 +18,6 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "exp
                           "configs")
 CONFIG_FILES = sorted(f for f in os.listdir(CONFIG_DIR)
                       if f.endswith(".py") and not f.startswith("_"))
-# Old file names kept as aliases of a variant until every reference names the variant.
-ALIASES = {"detection_student.py": ("detection.py", "student"),
-           "segmentation_student.py": ("segmentation.py", "student"),
-           "pretrain_classification_plus.py": ("pretrain_classification.py", "plus")}
 
 
 def _module(config_file):
@@ -104,12 +100,6 @@ def test_unknown_variant_fails_naming_it_and_the_known_ones(config_file):
     assert config_file in message
     for name in _module(config_file).VARIANTS:
         assert (f"'{name}'" if name else "none") in message
-
-
-@pytest.mark.parametrize("alias", sorted(a for a in ALIASES if a in CONFIG_FILES))
-def test_old_file_names_are_aliases_of_their_variant(alias):
-    target, variant = ALIASES[alias]
-    assert _config(alias).to_dict() == _config(target, variant).to_dict()
 
 
 def test_config_flags_pass_the_variant_after_the_colon():

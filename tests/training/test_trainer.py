@@ -303,7 +303,7 @@ def test_bad_config_fails_before_any_work(field, value, message, tmp_path,
 
 def test_student_config_without_pseudo_labels_fails_before_any_work(tmp_path,
                                                                    digit_scenes_data_dir):
-    """`detection_student.py --config.self_training.ratio=-1` trained supervised for minutes
+    """`detection.py:student --config.self_training.ratio=-1` trained supervised for minutes
     and exited 0; now a student config without pseudo labels fails at once, naming them."""
     config = tiny_config("detection", digit_scenes_data_dir)
     config.self_training.student = True
