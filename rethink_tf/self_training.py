@@ -53,9 +53,17 @@ def student_config(config, pseudo_dir, teacher_dir):
     return c
 
 
-def _stage(name):
-    print(f"\n=== {name} ===", flush=True)
+def _stage(name, index=None, total=None):
+    where = f"[{index}/{total}] " if index else ""
+    print(f"\n=== {where}{name} ===", flush=True)
     return time.time()
+
+
+def _write_atomically(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def pseudo_label_stage(config, teacher_dir, pseudo_dir, *, quality_images=1000):
@@ -145,24 +153,27 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
     def record_time(stage, start):
         summary["timings_s"][stage] = spent.get(stage, 0.0) + time.time() - start
 
+    total = (pretrain_config is not None) + 1 + 2 * rounds + 1
+    count = iter(range(1, total + 1))
+
     if pretrain_config is not None:
-        start = _stage("pre-training")
+        start = _stage("pre-training", next(count), total)
         summary["pretrain"] = pretrain_stage(pretrain_config, pretrain_dir)
         record_time("pretrain", start)
         config_lib.validate(t_config)
-    start = _stage("teacher")
+    start = _stage("teacher", next(count), total)
     teacher_dir = os.path.join(workdir, "teacher")
     summary["teacher"] = _metrics(trainer.train(t_config, teacher_dir))
     summary["teacher"]["augment"] = t_config.augment
     record_time("teacher", start)
     for k in range(1, rounds + 1):
         round_dir = workdir if k == 1 else os.path.join(workdir, f"round{k}")
-        start = _stage(f"round {k}: pseudo labels from {teacher_dir}")
+        start = _stage(f"round {k}: pseudo labels from {teacher_dir}", next(count), total)
         pseudo_dir = os.path.join(round_dir, "pseudo")
         pseudo = pseudo_label_stage(config, teacher_dir, pseudo_dir,
                                     quality_images=quality_images or None)
         record_time(f"pseudo_{k}", start)
-        start = _stage(f"round {k}: student")
+        start = _stage(f"round {k}: student", next(count), total)
         s_config = student_config(config, pseudo_dir, teacher_dir)
         student_dir = os.path.join(round_dir, "student")
         metrics = _metrics(student_lib.train_student(s_config, student_dir))
@@ -172,13 +183,12 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
                                   "pseudo_dir": pseudo_dir, "student_dir": student_dir,
                                   "student": metrics, "pseudo": _pseudo_summary(pseudo)})
         teacher_dir = student_dir
-    start = _stage("export")
+    start = _stage("export", next(count), total)
     summary["export"] = export_stage(teacher_dir, os.path.join(workdir, "serving", config.task))
     record_time("export", start)
-    with open(os.path.join(workdir, "pipeline.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write(render_report(config, summary))
+    _write_atomically(os.path.join(workdir, "pipeline.json"),
+                      json.dumps(summary, indent=2, default=float))
+    _write_atomically(os.path.join(workdir, "report.md"), render_report(config, summary))
     print(f"\nreport: {os.path.join(workdir, 'report.md')}", flush=True)
     return summary
 

@@ -15,6 +15,22 @@ def _step(model):
     return int(model.optimizer.iterations.numpy())
 
 
+def console_mode(verbose, stream=None):
+    """(Keras `verbose`, print_lines) for `config.train.verbose`.
+
+    0: silent. 1: Keras's live progress bar on a terminal; on anything else (a log file, a
+    pipe) one line per logging interval with the global step, the total, images/s and ETA,
+    since a bar writes one ever-growing line of carriage returns there. 2: always lines.
+    """
+    import sys  # pylint: disable=g-import-not-at-top
+    stream = stream or sys.stdout
+    if verbose == 0:
+        return 0, False
+    if verbose == 1 and getattr(stream, "isatty", lambda: False)():
+        return 1, False
+    return 0, True
+
+
 class TrainSummaries(keras.callbacks.Callback):
     """Every `every` steps: each loss term, the learning rate and images/s to TensorBoard.
 

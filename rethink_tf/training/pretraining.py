@@ -225,14 +225,15 @@ def simclr_pretrain(config, workdir, extra_callbacks=()):
             strategy, lambda bs, ctx: simclr_dataset(config, bs, ctx), global_batch)
         every = int(config.train.checkpoint_every)
         tb_train = tf.summary.create_file_writer(os.path.join(workdir, "tb", "train"))
+        keras_verbose, print_lines = callbacks_lib.console_mode(config.train.verbose)
         cbs = [callbacks_lib.TrainSummaries(tb_train, config.train.log_every, global_batch,
-                                            total, print_lines=config.train.verbose == 2),
+                                            total, print_lines=print_lines),
                callbacks_lib.StopAtStep(total), *extra_callbacks]
         if chief:
             cbs.insert(1, callbacks_lib.PeriodicCheckpoint(manager))
         model.fit(dataset, steps_per_epoch=every, epochs=-(-total // every),
                   initial_epoch=step // every, callbacks=cbs,
-                  verbose=1 if config.train.verbose == 1 else 0)
+                  verbose=keras_verbose)
         step = int(optimizer.iterations.numpy())
         if chief and (manager.latest_checkpoint is None
                       or checkpoints.step_of(manager.latest_checkpoint) != step):

@@ -126,7 +126,7 @@ def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_f
         every = int(config.train.checkpoint_every)
         summaries = callbacks_lib.TrainSummaries(
             tb_train, config.train.log_every, config.train.batch_size, total,
-            print_lines=config.train.verbose == 2)
+            print_lines=callbacks_lib.console_mode(config.train.verbose)[1])
         cbs = [summaries, callbacks_lib.StopAtStep(total),
                callbacks_lib.PeriodicEvaluation(evaluate_fn, config.train.eval_every, total),
                *extra_callbacks]
@@ -134,7 +134,7 @@ def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_f
             cbs.insert(1, callbacks_lib.PeriodicCheckpoint(run.checkpoints))
         run.model.fit(dataset, steps_per_epoch=every, epochs=-(-total // every),
                       initial_epoch=run.step // every, callbacks=cbs,
-                      verbose=1 if config.train.verbose == 1 else 0)
+                      verbose=callbacks_lib.console_mode(config.train.verbose)[0])
         if run.chief and (run.checkpoints.latest_checkpoint is None
                           or checkpoints.step_of(run.checkpoints.latest_checkpoint) != run.step):
             run.checkpoints.save(run.step)
