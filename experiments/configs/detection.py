@@ -26,30 +26,19 @@ Self-training settings not set here are base_config's: 1:1 pseudo:human images p
 loss normalisation on, alpha 1, unlabeled images from digit_scenes/detection.
 """
 
-import importlib.util
-import os
-
 from rethink_tf.training.config import base_config
+from rethink_tf.training.config import noisy_student
+from rethink_tf.training.config import parse_variant
 
 VARIANTS = {"": "supervised teacher, 8,000 steps",
             "student": "noisy student (and the pipeline's teacher), 1,500 steps, threshold 0.4"}
 
 
-def _load(name):
-    # Config files are loaded by path (config_flags), not as a package: siblings likewise.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    spec = importlib.util.spec_from_file_location(f"rethink_configs.{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config(arg=None):
-    common = _load("_common.py")
-    variant = common.variant(arg, VARIANTS, __file__)
+    variant = parse_variant(arg, VARIANTS, __file__)
     c = base_config("detection")
     if variant == "student":
-        common.noisy_student(c, learning_rate=0.04)
+        noisy_student(c, learning_rate=0.04)
         # Chosen by measurement (experiments/bench/SELF_TRAINING.md): with a teacher of AP50
         # ~0.55, 0.5 keeps 27 % of the objects (precision 0.86) and the student loses; 0.4 keeps
         # 45 % (precision 0.65) and the student wins. Strong teachers (the paper's) suit 0.5.

@@ -29,25 +29,14 @@ Once self-training exists, a further step is noisy-student classification on the
 pool (digit_scenes/detection `unlabeled`); not done here.
 """
 
-import importlib.util
-import os
-
 from rethink_tf.training.config import base_config
+from rethink_tf.training.config import parse_variant
 
 VARIANTS = {"": '"ImageNet": 1,500 steps, s1', "plus": '"ImageNet++": 4,000 steps, s2, dropout'}
 
 
-def _load(name):
-    # Config files are loaded by path (config_flags), not as a package: siblings likewise.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    spec = importlib.util.spec_from_file_location(f"rethink_configs.{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config(arg=None):
-    variant = _load("_common.py").variant(arg, VARIANTS, __file__)
+    variant = parse_variant(arg, VARIANTS, __file__)
     c = base_config("classification")
     c.model.backbone = "resnet_small"
     c.dataset.image_size = 64

@@ -17,27 +17,16 @@ momentum + warm-up + cosine (no LARS: Keras has none and batch 128 does not need
 Negatives are gathered over replicas under --config.strategy=mirrored/multi_worker/tpu.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
 from rethink_tf.training.config import base_config
+from rethink_tf.training.config import parse_variant
 
 VARIANTS = {"": "SimCLR v2, scaled down: 800 steps of 2 x 128 views"}
 
 
-def _load(name):
-    # Config files are loaded by path (config_flags), not as a package: siblings likewise.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    spec = importlib.util.spec_from_file_location(f"rethink_configs.{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config(arg=None):
-    _load("_common.py").variant(arg, VARIANTS, __file__)
+    parse_variant(arg, VARIANTS, __file__)
     c = base_config("classification")
     c.model.backbone = "resnet_small"
     c.dataset.image_size = 64

@@ -21,31 +21,20 @@ with 20 % of the labels (`--config.dataset.fraction=0.2`) the student beats the 
 seeds (+0.005, +0.008 mIoU); with all the labels it ties (+0.001).
 """
 
-import importlib.util
-import os
-
 from rethink_tf.training.config import base_config
+from rethink_tf.training.config import noisy_student
+from rethink_tf.training.config import parse_variant
 
 VARIANTS = {"": "supervised, 4,800 steps",
             "student": "noisy student (and the pipeline's teacher), 1,500 steps"}
 
 
-def _load(name):
-    # Config files are loaded by path (config_flags), not as a package: siblings likewise.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-    spec = importlib.util.spec_from_file_location(f"rethink_configs.{name[:-3]}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config(arg=None):
-    common = _load("_common.py")
-    variant = common.variant(arg, VARIANTS, __file__)
+    variant = parse_variant(arg, VARIANTS, __file__)
     c = base_config("segmentation")
     if variant == "student":
         # The same policy (s2) as its teacher, so the comparison differs only in pseudo labels.
-        common.noisy_student(c, learning_rate=0.08)
+        noisy_student(c, learning_rate=0.08)
         c.self_training.pixel_threshold = 0.5
         return c
     c.augment = "s1"
