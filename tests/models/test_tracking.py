@@ -10,17 +10,16 @@ import tensorflow as tf
 from rethink_tf.models import segmenter as segmenter_lib
 from rethink_tf.models import tracking
 from rethink_tf.training import checkpoints
-from rethink_tf.training import config as config_lib
 from rethink_tf.training import tasks
+
+from helpers import tiny_config  # tests/helpers.py  # pylint: disable=g-bad-import-order
 
 
 def _tiny_model(task, backbone="resnet_tiny", drop_path_rate=0.1):
-    c = config_lib.base_config(task)
+    c = tiny_config(task)
     c.model.backbone = backbone
     c.model.drop_path_rate = drop_path_rate
     c.dataset.image_size = 64
-    c.model.aspp_filters = c.model.projection_filters = c.model.head_filters = 8
-    c.model.fpn_filters = 8
     return tasks.build_model(c, 3)
 
 

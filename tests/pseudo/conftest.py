@@ -9,22 +9,16 @@ from rethink_tf.training import config as config_lib
 from rethink_tf.training import optimizer as optimizer_lib
 from rethink_tf.training import tasks
 
+from helpers import tiny_config  # tests/helpers.py  # pylint: disable=g-bad-import-order
+
 IMAGE_SIZE = 64
 UNLABELED = "digit_scenes/detection_tiny"  # its `unlabeled` split: 48 scenes with hidden truth
 NUM_UNLABELED = 48
 
 
 def teacher_config(task, data_dir):
-    c = config_lib.base_config(task)
-    c.dataset.name = UNLABELED
-    c.dataset.data_dir = data_dir
+    c = tiny_config(task, data_dir, dataset=UNLABELED)
     c.dataset.image_size = IMAGE_SIZE
-    c.model.backbone = "resnet_tiny"
-    c.model.fpn_filters = 8
-    c.model.head_filters = 8
-    c.model.head_depth = 1
-    c.model.aspp_filters = 8
-    c.model.projection_filters = 8
     return c
 
 

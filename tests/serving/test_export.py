@@ -26,6 +26,8 @@ from rethink_tf.training import config as config_lib
 from rethink_tf.training import optimizer as optimizer_lib
 from rethink_tf.training import tasks
 
+from helpers import tiny_config  # tests/helpers.py  # pylint: disable=g-bad-import-order
+
 # The Keras reference calls the functional model with a tensor, not its input dict: harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:The structure of `inputs`:UserWarning")
 
@@ -39,15 +41,8 @@ BOX_ATOL, SCORE_ATOL = 1e-3, 1e-5
 
 
 def _config(task, data_dir):
-    c = config_lib.base_config(task)
-    c.dataset.name = "digit_scenes/detection_tiny"
-    c.dataset.data_dir = data_dir
+    c = tiny_config(task, data_dir, steps=LATEST_STEP)
     c.dataset.image_size = IMAGE_SIZE
-    c.model.backbone = "resnet_tiny"
-    c.model.fpn_filters = 8
-    c.model.head_filters = 8
-    c.model.head_depth = 1
-    c.train.steps = LATEST_STEP
     return c
 
 

@@ -10,7 +10,7 @@ from rethink_tf.models import backbones
 from rethink_tf.training import pretraining
 from rethink_tf.training import tasks
 from rethink_tf.training import trainer
-from test_trainer import tiny_config  # tests/training is on sys.path (rootdir-less tests)
+from helpers import tiny_config  # tests/helpers.py  # pylint: disable=g-bad-import-order
 
 
 class _BackboneAtTrainBegin(keras.callbacks.Callback):

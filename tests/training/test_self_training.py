@@ -11,7 +11,7 @@ import pytest
 from rethink_tf import self_training
 from rethink_tf.training import student as student_lib
 
-from test_trainer import tiny_config  # pylint: disable=g-bad-import-order
+from helpers import tiny_config  # tests/helpers.py  # pylint: disable=g-bad-import-order
 
 
 def pipeline_config(task, data_dir):

@@ -16,7 +16,7 @@ from rethink_tf.training import optimizer as optimizer_lib
 from rethink_tf.training import pretraining
 from rethink_tf.training import simclr
 from rethink_tf.training import tasks
-from test_trainer import tiny_config  # tests/training is on sys.path (rootdir-less tests)
+from helpers import tiny_config  # tests/helpers.py  # pylint: disable=g-bad-import-order
 import distributed_step  # tests/distributed_step.py  # pylint: disable=g-bad-import-order
 
 CONFIG_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs",

@@ -13,7 +13,7 @@ from rethink_tf.training import optimizer as optimizer_lib
 from rethink_tf.training import student
 from rethink_tf.training import tasks
 
-from test_trainer import tiny_config  # pylint: disable=g-bad-import-order
+from helpers import tiny_config  # tests/helpers.py  # pylint: disable=g-bad-import-order
 import distributed_step  # tests/distributed_step.py  # pylint: disable=g-bad-import-order
 
 

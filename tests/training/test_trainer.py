@@ -18,34 +18,9 @@ from rethink_tf.training import tasks
 from rethink_tf.training import trainer
 
 import distributed_step  # tests/distributed_step.py  # pylint: disable=g-bad-import-order
+from helpers import tiny_config  # tests/helpers.py  # pylint: disable=g-bad-import-order
 
 
-def tiny_config(task, data_dir, dataset=None, steps=2):
-    c = config_lib.base_config(task)
-    c.dataset.name = dataset or {"detection": "digit_scenes/detection_tiny",
-                                 "segmentation": "digit_scenes/detection_tiny",
-                                 "classification": "digit_scenes/classification_tiny"}[task]
-    c.dataset.data_dir = data_dir
-    c.dataset.image_size = 64
-    c.dataset.shuffle_buffer = 16
-    c.model.backbone = "resnet_tiny"
-    c.model.anchor_sizes = (16.0, 32.0, 64.0)
-    c.model.fpn_filters = 8
-    c.model.head_filters = 8
-    c.model.head_depth = 1
-    c.train.steps = steps
-    c.train.batch_size = 4
-    c.train.warmup_steps = 1
-    c.train.checkpoint_every = 2
-    c.train.eval_every = 0
-    c.train.log_every = 1
-    c.train.verbose = 0
-    c.eval.batch_size = 8
-    c.eval.num_images = 8
-    c.eval.tb_images = 2
-    if task == "classification":
-        c.dataset.image_size = 32
-    return c
 
 
 def _tb_tags(workdir):
