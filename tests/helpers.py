@@ -1,5 +1,7 @@
 """The one tiny-config helper of the tests (a helper module, not a test module)."""
 
+import tensorflow as tf
+
 from rethink_tf.training import config as config_lib
 
 
@@ -41,3 +43,24 @@ def tiny_config(task, data_dir="", dataset=None, steps=2):
     if task == "classification":
         c.dataset.image_size = 32
     return c
+
+
+def fixed_coco_as_dataset(make_examples):
+    """A `builder._as_dataset` stand-in for `tfds.testing.mock_data(as_dataset_fn=...)` that
+    yields `make_examples()` (TFDS `coco/2017` feature dicts) whatever the split."""
+    vector = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
+    signature = {
+        "image": tf.TensorSpec([None, None, 3], tf.uint8),
+        "image/filename": tf.TensorSpec([], tf.string),
+        "image/id": tf.TensorSpec([], tf.int64),
+        "objects": {"id": vector(tf.int64), "area": vector(tf.int64),
+                    "bbox": tf.TensorSpec([None, 4], tf.float32), "label": vector(tf.int64),
+                    "is_crowd": vector(tf.bool)},
+    }
+
+    def as_dataset(self, split, **kwargs):
+        del self, split, kwargs
+        return tf.data.Dataset.from_generator(lambda: iter(make_examples()),
+                                              output_signature=signature)
+
+    return as_dataset

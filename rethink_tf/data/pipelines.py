@@ -182,11 +182,9 @@ def seeded_examples(examples, *, seed, shuffle_buffer, start=0, num_examples=Non
     """
     start = int(start)
     n = num_examples
-    if n is None:
-        n = int(examples.cardinality())
-        if n == tf.data.UNKNOWN_CARDINALITY:
-            # Counting costs a pass; only a resumed stream needs the epoch length.
-            n = count_examples(examples) if start > 0 else None
+    if n is None and (start > 0 or int(examples.cardinality()) >= 0):
+        # Counting an unknown size costs a pass; only a resumed stream needs the epoch length.
+        n = count_examples(examples)
     if n == 0 or (n is None and tf.executing_eagerly()
                   and next(iter(examples.take(1)), None) is None):
         raise ValueError("seeded_examples: the training source has no examples")
@@ -337,15 +335,18 @@ def mix_streams(human, pseudo, ratio=1.0, *, human_batch_size, seed=None,
       `tf.data.Dataset` of `(human_batch, pseudo_batch)` pairs.
     """
     n_pseudo = pseudo_batch_size(human_batch_size, ratio)
-    h_spec, p_spec = human.element_spec, pseudo.element_spec
-    h_keys, p_keys = set(h_spec), set(p_spec)
-    if h_keys != p_keys:
-        raise ValueError(f"mix_streams: human and pseudo examples differ in keys: "
-                         f"{sorted(h_keys ^ p_keys)}")
+    check_same_keys(human, pseudo)
     human = batch(human, human_batch_size, shuffle_buffer=shuffle_buffer, seed=seed)
     pseudo = batch(pseudo, n_pseudo, shuffle_buffer=shuffle_buffer,
                    seed=None if seed is None else seed + 1)
     return tf.data.Dataset.zip((human, pseudo)).prefetch(tf.data.AUTOTUNE)
+
+
+def check_same_keys(human, pseudo):
+    """Raises unless human and pseudo-labelled model examples have the same keys (one task)."""
+    h_keys, p_keys = set(human.element_spec), set(pseudo.element_spec)
+    if h_keys != p_keys:
+        raise ValueError(f"human and pseudo examples differ in keys: {sorted(h_keys ^ p_keys)}")
 
 
 def split_inputs(batch_dict, task):

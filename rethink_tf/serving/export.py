@@ -76,34 +76,6 @@ def next_version(output_base):
     return max(versions, default=0) + 1
 
 
-def resolve_checkpoint(workdir, checkpoint="best"):
-    """The checkpoint path that `checkpoint` names in `workdir` (`checkpoints.find_checkpoint`).
-
-    Args:
-        workdir: a training workdir.
-        checkpoint: "best" (falls back to the latest, with a warning, when the run has no best
-            checkpoint), "latest", or a checkpoint path (`.../ckpt-<step>`).
-
-    Returns:
-        The checkpoint path (prefix).
-    """
-    return checkpoints_lib.find_checkpoint(workdir, checkpoint)
-
-
-def load_model(config, checkpoint_path, num_classes):
-    """Builds the task's model in float32 and restores its weights from a training checkpoint.
-
-    Training's one restore API (`tasks.build_restored_model`): strict, the model alone. Every
-    model variable is in the checkpoint graph (`models.tracking`; `checkpoints.read_model`
-    asserts it), so the optimizer is not needed to reach any weight.
-
-    Raises:
-        ValueError: when a model variable has no value in the checkpoint, i.e. the checkpoint
-            was written for a different architecture.
-    """
-    return tasks.build_restored_model(config, checkpoint_path, num_classes)
-
-
 def _image_size(config):
     size = config.dataset.image_size
     return (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
@@ -335,7 +307,7 @@ def export(workdir, output_base, version=None, checkpoint="best", score_threshol
     image_size = _image_size(config)
     max_detections = int(max_detections or config.model.max_detections)
 
-    _, model, _ = tasks.load_model(workdir, checkpoint_path, config=config)
+    model = tasks.build_restored_model(config, checkpoint_path, n_classes)
     if task == "detection":
         from rethink_tf.models import detector  # pylint: disable=g-import-not-at-top
         detector.set_decoder_threshold(model, score_threshold, max_detections, iou_threshold)

@@ -232,6 +232,7 @@ def validate(config):
     and backbone names are checked here too (cheaply: TFDS metadata and the backbone
     registry), so that a typo fails in seconds, not after data loading.
     """
+    from rethink_tf.data import pipelines  # pylint: disable=g-import-not-at-top
     from rethink_tf.models import backbones  # pylint: disable=g-import-not-at-top
     _choice(config, "task", TASKS)
     _choice(config, "augment", POLICIES)
@@ -333,8 +334,10 @@ def validate(config):
     if st.pseudo_labels and not os.path.isdir(st.pseudo_labels):
         _fail("self_training.pseudo_labels", f"{st.pseudo_labels!r} is not a directory")
     ratio = _float(config, "self_training.ratio", 0.0, low_open=True)
-    pseudo_batch = t.batch_size * ratio
-    if abs(pseudo_batch - round(pseudo_batch)) > 1e-6:
+    try:
+        pipelines.pseudo_batch_size(t.batch_size, ratio)
+    except ValueError:
+        pseudo_batch = t.batch_size * ratio
         _fail("self_training.ratio", f"{ratio} x train.batch_size {t.batch_size} = "
                                      f"{pseudo_batch:g} pseudo images per batch: must be a "
                                      "whole number")

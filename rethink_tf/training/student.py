@@ -2,7 +2,7 @@
 loss normalisation, and its training entry point `train_student(config, workdir)`.
 
 A student batch is a pair `((human_images, human_targets), (pseudo_images, pseudo_targets))`
-of fixed sizes (`pipelines.mix_streams`). The two image sets go through the model together
+of fixed sizes (`tasks.student_dataset`). The two image sets go through the model together
 (batch norm sees both, as in the paper); the human loss L_h and the pseudo loss L_p are
 computed on their slices of the predictions, and
 

@@ -308,10 +308,7 @@ def student_dataset(config, info, human_batch_size, input_context=None, start_st
                            stream="human", tighten_boxes=False)
     pseudo = _seeded_stream(config, pseudo_examples(config, input_context), "pseudo",
                             input_context, step * pseudo_batch, {})
-    h_spec, p_spec = human.element_spec, pseudo.element_spec
-    if set(h_spec) != set(p_spec):
-        raise ValueError(f"student_dataset: human and pseudo examples differ in keys: "
-                         f"{sorted(set(h_spec) ^ set(p_spec))}")
+    pipelines.check_same_keys(human, pseudo)
     pairs = tf.data.Dataset.zip((human.batch(human_batch_size, drop_remainder=True),
                                  pseudo.batch(pseudo_batch, drop_remainder=True)))
     return pairs.map(lambda h, p: (pipelines.split_inputs(h, config.task),

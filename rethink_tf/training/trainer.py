@@ -218,10 +218,7 @@ def evaluate_workdir(workdir, split=None, checkpoint="best", num_images=None):
     split = split or config.dataset.eval_split
     _setup(config)
     run = Run(config, workdir)
-    path = run.checkpoints.best_checkpoint if checkpoint == "best" else None
-    path = path or run.checkpoints.latest_checkpoint
-    if path is None:
-        raise FileNotFoundError(f"{workdir!r} has no checkpoint to evaluate")
+    path = checkpoints.find_checkpoint(workdir, checkpoint)
     run.checkpoints.restore(path)
     step = checkpoints.step_of(path)
     data = tasks.eval_dataset(config, split=split)

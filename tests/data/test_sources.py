@@ -8,6 +8,8 @@ import tensorflow_datasets as tfds
 from rethink_tf.data import example as ex
 from rethink_tf.data import sources
 
+from helpers import fixed_coco_as_dataset  # tests/helpers.py  # pylint: disable=g-bad-import-order
+
 
 class SourcesTestGray(tfds.core.GeneratorBasedBuilder):
     """A tiny grayscale classification dataset with no id feature (tfds_id fallback)."""
@@ -53,20 +55,7 @@ def _coco_fixed_examples():
     ]
 
 
-def _fixed_coco_as_dataset(self, split, **kwargs):
-    """Stands in for `builder._as_dataset` under `mock_data`."""
-    del self, split, kwargs
-    vector = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
-    signature = {
-        "image": tf.TensorSpec([None, None, 3], tf.uint8),
-        "image/filename": tf.TensorSpec([], tf.string),
-        "image/id": tf.TensorSpec([], tf.int64),
-        "objects": {"id": vector(tf.int64), "area": vector(tf.int64),
-                    "bbox": tf.TensorSpec([None, 4], tf.float32), "label": vector(tf.int64),
-                    "is_crowd": vector(tf.bool)},
-    }
-    return tf.data.Dataset.from_generator(lambda: iter(_coco_fixed_examples()),
-                                          output_signature=signature)
+_fixed_coco_as_dataset = fixed_coco_as_dataset(_coco_fixed_examples)
 
 
 def test_coco_boxes_from_fixed_examples_exact_values_and_crowd_removed():

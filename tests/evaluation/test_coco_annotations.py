@@ -5,12 +5,13 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from rethink_tf.data import coco_annotations
 from rethink_tf.data import sources
 from rethink_tf.evaluation import evaluator
+
+from helpers import fixed_coco_as_dataset  # tests/helpers.py  # pylint: disable=g-bad-import-order
 
 
 def _coco_examples():
@@ -31,19 +32,7 @@ def _coco_examples():
     ]
 
 
-def _fixed_coco_as_dataset(self, split, **kwargs):
-    del self, split, kwargs
-    vector = lambda dtype: tf.TensorSpec([None], dtype)  # noqa: E731
-    signature = {
-        "image": tf.TensorSpec([None, None, 3], tf.uint8),
-        "image/filename": tf.TensorSpec([], tf.string),
-        "image/id": tf.TensorSpec([], tf.int64),
-        "objects": {"id": vector(tf.int64), "area": vector(tf.int64),
-                    "bbox": tf.TensorSpec([None, 4], tf.float32), "label": vector(tf.int64),
-                    "is_crowd": vector(tf.bool)},
-    }
-    return tf.data.Dataset.from_generator(lambda: iter(_coco_examples()),
-                                          output_signature=signature)
+_fixed_coco_as_dataset = fixed_coco_as_dataset(_coco_examples)
 
 
 def test_tfds_coco_json_keeps_crowds_areas_and_official_ids(tmp_path):

@@ -281,7 +281,7 @@ def test_load_model_restores_every_weight_of_the_checkpoint(det):
     # Some detector weights are reachable only through the optimizer in a training checkpoint;
     # every one must come back, not keep its random initial value.
     config = config_lib.load(det.workdir)
-    model = export_lib.load_model(config, export_lib.resolve_checkpoint(det.workdir), 10)
+    model = tasks.build_restored_model(config, checkpoints.find_checkpoint(det.workdir), 10)
     assert len(model.weights) == len(det.model.weights)
     for restored, want in zip(model.weights, det.model.weights):
         np.testing.assert_array_equal(restored.numpy(), want.numpy(), err_msg=want.path)
@@ -301,7 +301,7 @@ def test_load_model_restores_a_student_checkpoint(tmp_path):
     optimizer = optimizer_lib.build_optimizer(config.train)
     optimizer.build(model.trainable_variables)
     checkpoints.CheckpointManager(str(tmp_path), model=model, optimizer=optimizer).save(7)
-    restored = export_lib.load_model(config, export_lib.resolve_checkpoint(str(tmp_path)), 10)
+    restored = tasks.build_restored_model(config, checkpoints.find_checkpoint(str(tmp_path)), 10)
     weights = {w.path: w for w in model.weights}
     assert len(restored.weights) >= len(weights) - 3
     for w in restored.weights:
@@ -309,10 +309,10 @@ def test_load_model_restores_a_student_checkpoint(tmp_path):
 
 
 def test_checkpoint_choice_and_bad_arguments(det, tmp_path):
-    assert export_lib.resolve_checkpoint(det.workdir, "best").endswith(f"best/ckpt-{BEST_STEP}")
-    assert export_lib.resolve_checkpoint(det.workdir, "latest").endswith(f"ckpt-{LATEST_STEP}")
+    assert checkpoints.find_checkpoint(det.workdir, "best").endswith(f"best/ckpt-{BEST_STEP}")
+    assert checkpoints.find_checkpoint(det.workdir, "latest").endswith(f"ckpt-{LATEST_STEP}")
     with pytest.raises(FileNotFoundError, match="neither 'best', 'latest'"):
-        export_lib.resolve_checkpoint(det.workdir, "newest")
+        checkpoints.find_checkpoint(det.workdir, "newest")
     with pytest.raises(ValueError, match="score_threshold"):
         export_lib.export(det.workdir, str(tmp_path), score_threshold=1.5)
     with pytest.raises(FileNotFoundError, match="no config.json"):
