@@ -9,7 +9,8 @@ A batch is a dict in Keras-CV's conventions:
   source_id:          string [B]
   image_info:         float32 [B, 4, 2], maps outputs back to original pixels (see augment)
 
-A student batch is a pair `(human_batch, pseudo_batch)` of fixed sizes (`mix_streams`).
+A student or joint batch is a dict of named streams, `{"human": batch, "pseudo": batch,
+"classification": batch}`, each of a fixed size (`mix_streams`; `STREAMS`).
 
 Training data is a pure function of (seed, stream, example counter): `seeded_examples` orders
 canonical examples epoch by epoch with a per-epoch shuffle seed and numbers them, and
@@ -26,6 +27,10 @@ from rethink_tf.data import augment as augment_lib
 from rethink_tf.data import example as ex
 
 TASKS = ("detection", "segmentation", "classification")
+# The named streams of a student / joint batch: target-task human labels, the teacher's pseudo
+# labels (same task) and the classification set of joint training.
+HUMAN, PSEUDO, CLASSIFICATION = "human", "pseudo", "classification"
+STREAMS = (HUMAN, PSEUDO, CLASSIFICATION)
 DEFAULT_MAX_BOXES = 100
 
 
@@ -314,32 +319,47 @@ def global_pseudo_batch(global_human_batch, ratio, num_replicas=1):
     return pseudo
 
 
-def mix_streams(human, pseudo, ratio=1.0, *, human_batch_size, seed=None,
-                shuffle_buffer=1024):
-    """Pairs human and pseudo-labelled batches of fixed sizes, for a student train_step.
+def mix_streams(streams, batch_sizes, *, seed=None, shuffle_buffer=1024):
+    """Batches of named streams, each of a fixed size, for a student or joint train_step.
 
-    Both streams are shuffled and repeated independently, so every batch holds exactly
-    `human_batch_size` human images and `human_batch_size x ratio` (a whole number) pseudo
-    ones, however large either set is. Not seeded per example: training uses
-    `tasks.student_dataset`, whose streams are pure functions of the seed (resumable).
+    Every stream is shuffled and repeated on its own, so every batch holds exactly
+    `batch_sizes[name]` examples of each stream however large its set is. Not seeded per
+    example: training uses `tasks.stream_dataset`, whose streams are pure functions of the
+    seed (resumable).
 
     Args:
-      human: `tf.data.Dataset` of unbatched model examples (from `preprocess`).
-      pseudo: the same for pseudo-labelled examples (same task and image size).
-      ratio: pseudo:human images per batch.
-      human_batch_size: human images per batch.
-      seed: shuffle seed.
+      streams: {name: `tf.data.Dataset` of unbatched model examples (from `preprocess`)};
+        names from `STREAMS`. `human` and `pseudo` must hold the same task's keys.
+      batch_sizes: {name: examples per batch} for every stream (see `pseudo_batch_size`).
+      seed: shuffle seed (each stream shuffles with its own seed derived from it).
       shuffle_buffer: shuffle buffer of each stream.
 
     Returns:
-      `tf.data.Dataset` of `(human_batch, pseudo_batch)` pairs.
+      `tf.data.Dataset` of {name: batch dict}.
     """
-    n_pseudo = pseudo_batch_size(human_batch_size, ratio)
-    check_same_keys(human, pseudo)
-    human = batch(human, human_batch_size, shuffle_buffer=shuffle_buffer, seed=seed)
-    pseudo = batch(pseudo, n_pseudo, shuffle_buffer=shuffle_buffer,
-                   seed=None if seed is None else seed + 1)
-    return tf.data.Dataset.zip((human, pseudo)).prefetch(tf.data.AUTOTUNE)
+    check_streams(streams, batch_sizes)
+    batched = {}
+    for name, stream in streams.items():
+        shuffle_seed = (None if seed is None
+                        else (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % 2**31)
+        batched[name] = batch(stream, int(batch_sizes[name]), shuffle_buffer=shuffle_buffer,
+                              seed=shuffle_seed)
+    return tf.data.Dataset.zip(batched).prefetch(tf.data.AUTOTUNE)
+
+
+def check_streams(streams, batch_sizes):
+    """Raises ValueError unless `streams` are known names with positive batch sizes and the
+    `human` and `pseudo` streams (one task) have the same keys."""
+    unknown = sorted(set(streams) - set(STREAMS))
+    if unknown or not streams:
+        raise ValueError(f"streams: names must be among {STREAMS}, got {sorted(streams)}")
+    for name in streams:
+        size = batch_sizes.get(name)
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"batch size of stream {name!r} must be a positive whole number, "
+                             f"got {size!r}")
+    if HUMAN in streams and PSEUDO in streams:
+        check_same_keys(streams[HUMAN], streams[PSEUDO])
 
 
 def check_same_keys(human, pseudo):

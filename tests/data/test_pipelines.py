@@ -169,23 +169,35 @@ def test_seeded_examples_start_mid_stream_and_ignore_the_global_seed():
 def test_mix_streams_batches_have_exact_sizes(ratio, expected):
     human = pipelines.preprocess(examples(n=6), "detection", image_size=64)
     pseudo = pipelines.preprocess(examples(n=30, prefix="p"), "detection", image_size=64)
-    pairs = pipelines.mix_streams(human, pseudo, ratio, human_batch_size=4, seed=0)
-    for human_batch, pseudo_batch in pairs.take(5):
-        assert human_batch["images"].shape[0] == 4
-        assert pseudo_batch["images"].shape[0] == expected
-        assert all(s.startswith(b"h") for s in human_batch["source_id"].numpy())
-        assert all(s.startswith(b"p") for s in pseudo_batch["source_id"].numpy())
+    classes = pipelines.preprocess(examples(n=5, with_label=True, prefix="c"), "classification",
+                                   image_size=32)
+    batches = pipelines.mix_streams(
+        {"human": human, "pseudo": pseudo, "classification": classes},
+        {"human": 4, "pseudo": pipelines.pseudo_batch_size(4, ratio), "classification": 3},
+        seed=0)
+    for b in batches.take(5):
+        assert set(b) == {"human", "pseudo", "classification"}
+        assert b["human"]["images"].shape[0] == 4
+        assert b["pseudo"]["images"].shape[0] == expected
+        assert b["classification"]["images"].shape[1:] == (32, 32, 3)
+        assert b["classification"]["labels"].shape == (3,)
+        assert all(s.startswith(b"h") for s in b["human"]["source_id"].numpy())
+        assert all(s.startswith(b"p") for s in b["pseudo"]["source_id"].numpy())
 
 
-def test_mix_streams_rejects_mismatched_streams_and_bad_ratio():
+def test_mix_streams_rejects_mismatched_streams_and_bad_sizes():
     det = pipelines.preprocess(examples(), "detection", image_size=64)
     seg = pipelines.preprocess(examples(), "segmentation", image_size=64)
     with pytest.raises(ValueError, match="differ in keys"):
-        pipelines.mix_streams(det, seg, human_batch_size=2)
+        pipelines.mix_streams({"human": det, "pseudo": seg}, {"human": 2, "pseudo": 2})
+    with pytest.raises(ValueError, match="names must be among"):
+        pipelines.mix_streams({"humans": det}, {"humans": 2})
+    with pytest.raises(ValueError, match="stream 'pseudo' must be a positive whole number"):
+        pipelines.mix_streams({"human": det, "pseudo": det}, {"human": 2, "pseudo": 0})
     with pytest.raises(ValueError, match="ratio must be > 0"):
-        pipelines.mix_streams(det, det, 0.0, human_batch_size=2)
+        pipelines.pseudo_batch_size(2, 0.0)
     with pytest.raises(ValueError, match="self_training.ratio"):
-        pipelines.mix_streams(det, det, 0.1, human_batch_size=4)  # 0.4 pseudo images
+        pipelines.pseudo_batch_size(4, 0.1)  # 0.4 pseudo images
 
 
 def test_global_pseudo_batch_fixes_the_ratio_globally():
