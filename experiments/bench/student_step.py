@@ -12,7 +12,7 @@ one preloaded batch of real `digit_scenes/detection` train images (eval resize, 
 augmentation, so the input pipeline costs nothing), repeated:
 
 * supervised: `model.fit` on batches of `batch_size * (1 + ratio)` images;
-* student: `model.fit` on pairs of `batch_size` human + `batch_size * ratio` pseudo images
+* student: `model.fit` on named streams of `batch_size` human + `batch_size * ratio` pseudo images
   (the first and second part of the same images), i.e. the same images per step.
 
 The time per image of each is wall seconds / (steps x images per step); the goal is a student
@@ -103,8 +103,8 @@ def main():
         raise SystemExit(f"the train split has only {images.shape[0]} images, need {per_step}")
     supervised_data = tf.data.Dataset.from_tensors((images, targets)).repeat()
     student_data = tf.data.Dataset.from_tensors(
-        ((images[:human], slice_targets(targets, 0, human)),
-         (images[human:], slice_targets(targets, human, per_step)))).repeat()
+        {"human": (images[:human], slice_targets(targets, 0, human)),
+         "pseudo": (images[human:], slice_targets(targets, human, per_step))}).repeat()
     sides = {"supervised": (build(config, info, student=False), supervised_data),
              "student": (build(config, info, student=True), student_data)}
     for model, data in sides.values():

@@ -4,6 +4,10 @@
   total = L_h + alpha * L_p                                (loss_norm off)
   total / (1 + alpha)                                      (average_terms on, either form)
 
+and, with several auxiliary streams s (joint training: pseudo and classification),
+L_h + sum_s alpha_s * (avg(L_h) / avg(L_s)) * L_s, divided by 1 + sum_s alpha_s with
+average_terms. `training/streams.py` applies them to a batch of named streams.
+
 avg(.) are exponential moving averages of the stopped-gradient human (L_h) and pseudo (L_p)
 losses of the global batch. An average moves only on steps where its stream had targets in
 the global batch (positive anchors, labelled pixels): an empty pseudo batch has a loss of
@@ -41,27 +45,31 @@ def update_moving_average(average, value, decay, count, has_targets=True):
     return new_average, new_count
 
 
-def pseudo_weight(avg_human, avg_pseudo, alpha, loss_norm, human_count=1.0, pseudo_count=1.0):
-    """The weight of the pseudo loss: alpha * avg_h / avg_p (or alpha without loss_norm).
+def auxiliary_weight(avg_human, avg_aux, alpha, loss_norm, human_count=1.0, aux_count=1.0):
+    """The weight of an auxiliary loss (pseudo, classification): alpha * avg_h / avg_aux, or
+    alpha without loss_norm.
 
-    The ratio is 1 until both averages have a value (counts > 0) and while avg_p is 0.
+    The ratio is 1 until both averages have a value (counts > 0) and while avg_aux is 0.
     """
     if not loss_norm:
         return ops.convert_to_tensor(alpha, "float32")
-    ready = ops.logical_and(ops.logical_and(human_count > 0, pseudo_count > 0), avg_pseudo > 0)
-    ratio = ops.where(ready, ops.divide_no_nan(avg_human, avg_pseudo), 1.0)
+    ready = ops.logical_and(ops.logical_and(human_count > 0, aux_count > 0), avg_aux > 0)
+    ratio = ops.where(ready, ops.divide_no_nan(avg_human, avg_aux), 1.0)
     return alpha * ratio
 
 
-def total_loss(human_loss, pseudo_loss, weight, alpha=None):
-    """L_h + weight * L_p, with the weight a constant for the gradient.
+def total_loss(human_loss, auxiliary, alpha_sum=None):
+    """L_h + sum of weight * L_aux, with each weight a constant for the gradient.
 
     Args:
-      human_loss, pseudo_loss: the two terms.
-      weight: the pseudo weight (`pseudo_weight`).
-      alpha: when given (the `average_terms` form), the total is divided by 1 + alpha.
+      human_loss: the main term.
+      auxiliary: (loss, weight) pairs of the auxiliary terms (`auxiliary_weight`).
+      alpha_sum: when given (the `average_terms` form), the total is divided by
+        1 + alpha_sum (the sum of the auxiliary alphas).
     """
-    total = human_loss + ops.stop_gradient(weight) * pseudo_loss
-    if alpha is not None:
-        total = total / (1.0 + float(alpha))
+    total = human_loss
+    for loss, weight in auxiliary:
+        total = total + ops.stop_gradient(weight) * loss
+    if alpha_sum is not None:
+        total = total / (1.0 + float(alpha_sum))
     return total

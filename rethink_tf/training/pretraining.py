@@ -26,12 +26,8 @@ from rethink_tf.data import pipelines
 from rethink_tf.data import simclr_augment
 from rethink_tf.data import sources
 from rethink_tf.models import backbones
-from rethink_tf.training import callbacks as callbacks_lib
-from rethink_tf.training import checkpoints
 from rethink_tf.training import config as config_lib
-from rethink_tf.training import optimizer as optimizer_lib
 from rethink_tf.training import simclr as simclr_lib
-from rethink_tf.training import strategy as strategy_lib
 from rethink_tf.training import tasks
 from rethink_tf.training import trainer
 
@@ -80,20 +76,17 @@ def pretrain(config, workdir, extra_callbacks=()):
     if config.task != "classification":
         raise ValueError(f"config.task: supervised pre-training trains a classifier; got "
                          f"{config.task!r} (use task='classification')")
-    built = []
+    return trainer.train(config, workdir, extra_callbacks=extra_callbacks,
+                         hooks=trainer.Hooks(after_training=save_backbone))
 
-    def build(cfg, n_classes):
-        model = tasks.build_model(cfg, n_classes)
-        built.append(model)
-        return model
 
-    metrics = trainer.train(config, workdir, extra_callbacks=extra_callbacks,
-                            build_model_fn=build)
-    path = backbone_weights_path(workdir)
-    if strategy_lib.is_chief():
-        backbones.save_backbone_weights(built[-1].backbone, path)
+def save_backbone(run):
+    """`Hooks.after_training` of pre-training: the backbone's weights for `init=pretrained:`."""
+    path = backbone_weights_path(run.workdir)
+    if run.chief:
+        backbones.save_backbone_weights(run.model.backbone, path)
         print(f"Backbone weights written to {path}", flush=True)
-    return {**metrics, "backbone_weights": path}
+    return {"backbone_weights": path}
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,81 +173,46 @@ def build_simclr_model(config):
         sync_batchnorm=m.sync_batchnorm)
 
 
+def simclr_hooks():
+    """SimCLR's hooks for `trainer.train`: its model, view pairs, linear-probe evaluation."""
+
+    def compile_model(model, config, optimizer):
+        model.compile(optimizer=optimizer, jit_compile=bool(config.train.xla))
+
+    def train_data(config, info, batch_size, input_context, start_step=0):
+        # SimCLR's views are not indexed by position: a resumed run continues with fresh
+        # (seeded) views rather than exactly those an uninterrupted run would have drawn.
+        del info, start_step
+        return simclr_dataset(config, batch_size, input_context)
+
+    def evaluate(run, split):
+        del split
+        probe = linear_probe(run.model.backbone, run.config)
+        print(f"linear probe @ step {run.step}: top1={probe['top1']:.4f} "
+              f"(train {probe['train_top1']:.4f})", flush=True)
+        return probe, []
+
+    return trainer.Hooks(validate=validate_simclr, build_model=build_simclr_model,
+                         compile_model=compile_model, train_data=train_data,
+                         evaluate=evaluate, primary_metric="top1",
+                         after_training=save_backbone)
+
+
 def simclr_pretrain(config, workdir, extra_callbacks=()):
     """SimCLR pre-training, then backbone weights and a linear probe; resumes like `train`.
 
     Args:
       config: a config with a `simclr` section (`experiments/configs/pretrain_simclr.py`).
       workdir: the run's directory: config.json, checkpoints/, tb/, backbone.weights.h5,
-        metrics.json (`top1` of the linear probe on `dataset.eval_split`).
+        metrics.json (`top1` of the linear probe on `dataset.eval_split`; also every
+        `train.eval_every` steps when that is set).
       extra_callbacks: more Keras callbacks.
 
     Returns:
       The metrics dict written to `metrics.json`, plus `backbone_weights`.
     """
-    validate_simclr(config)
-    keras.utils.set_random_seed(int(config.seed))
-    keras.mixed_precision.set_global_policy(
-        "mixed_float16" if config.train.mixed_precision else "float32")
-    os.makedirs(workdir, exist_ok=True)
-    strategy = strategy_lib.make_strategy(config.strategy, config.get("tpu", ""))
-    with strategy.scope():
-        model = build_simclr_model(config)
-        optimizer = optimizer_lib.build_optimizer(config.train)
-        model.compile(optimizer=optimizer, jit_compile=bool(config.train.xla))
-        optimizer.build(model.trainable_variables)
-    manager = checkpoints.CheckpointManager(workdir, keep=config.train.keep_checkpoints,
-                                            model=model, optimizer=optimizer)
-    chief = strategy_lib.is_chief()
-    if chief:
-        config_lib.save(config, workdir)
-    restored = manager.restore_latest()
-    if restored:
-        print(f"Resuming from {restored} at step {int(optimizer.iterations.numpy())}",
-              flush=True)
-    else:
-        loaded = tasks.initialize(model, config)
-        if loaded:
-            print(f"Backbone initialised from {loaded}", flush=True)
-
-    total = int(config.train.steps)
-    step = int(optimizer.iterations.numpy())
-    if step < total:
-        global_batch = int(config.train.batch_size)
-        dataset = pipelines.distribute(
-            strategy, lambda bs, ctx: simclr_dataset(config, bs, ctx), global_batch)
-        every = int(config.train.checkpoint_every)
-        tb_train = tf.summary.create_file_writer(os.path.join(workdir, "tb", "train"))
-        keras_verbose, print_lines = callbacks_lib.console_mode(config.train.verbose)
-        cbs = [callbacks_lib.TrainSummaries(tb_train, config.train.log_every, global_batch,
-                                            total, print_lines=print_lines),
-               callbacks_lib.StopAtStep(total), *extra_callbacks]
-        if chief:
-            cbs.insert(1, callbacks_lib.PeriodicCheckpoint(manager))
-        model.fit(dataset, steps_per_epoch=every, epochs=-(-total // every),
-                  initial_epoch=step // every, callbacks=cbs,
-                  verbose=keras_verbose)
-        step = int(optimizer.iterations.numpy())
-        if chief and (manager.latest_checkpoint is None
-                      or checkpoints.step_of(manager.latest_checkpoint) != step):
-            manager.save(step)
-
-    path = backbone_weights_path(workdir)
-    metrics_path = os.path.join(workdir, "metrics.json")
-    if chief:
-        backbones.save_backbone_weights(model.backbone, path)
-        print(f"Backbone weights written to {path}", flush=True)
-    record = _read_json(metrics_path) if os.path.exists(metrics_path) else {}
-    if record.get("step") != step:
-        probe = linear_probe(model.backbone, config)
-        print(f"linear probe @ step {step}: top1={probe['top1']:.4f} "
-              f"(train {probe['train_top1']:.4f})", flush=True)
-        record = probe
-        if chief:
-            writer = tf.summary.create_file_writer(os.path.join(workdir, "tb", "eval"))
-            callbacks_lib.write_eval_summaries(writer, step, probe)
-            record = callbacks_lib.write_metrics(workdir, step, probe, config.dataset.eval_split)
-    return {**record, "backbone_weights": path}
+    return trainer.train(config, workdir, extra_callbacks=extra_callbacks,
+                         hooks=simclr_hooks())
 
 
 # ----------------------------------------------------------------------------------------

@@ -211,8 +211,13 @@ def _pipeline(input_context):
             max(1, input_context.num_replicas_in_sync // input_context.num_input_pipelines))
 
 
-def _seeded_stream(config, examples, stream, input_context, start_example, task_kwargs):
-    """Augmented model examples of one named stream, from example `start_example` on."""
+def _seeded_stream(config, examples, stream, input_context, start_example, task_kwargs, *,
+                   task=None, image_size=None, policy=None):
+    """Augmented model examples of one named stream, from example `start_example` on.
+
+    `task`, `image_size` and `policy` default to the config's (the target task's streams);
+    joint training's classification stream passes its own.
+    """
     pipeline_id, _ = _pipeline(input_context)
     seed = pipelines.stream_seed(config.seed, stream, pipeline_id)
     if config.dataset.cache:
@@ -220,8 +225,9 @@ def _seeded_stream(config, examples, stream, input_context, start_example, task_
     numbered = pipelines.seeded_examples(examples, seed=seed,
                                          shuffle_buffer=config.dataset.shuffle_buffer,
                                          start=start_example)
-    return pipelines.preprocess(numbered, config.task, image_size=config.dataset.image_size,
-                                policy=config.augment, training=True,
+    return pipelines.preprocess(numbered, task or config.task,
+                                image_size=image_size or config.dataset.image_size,
+                                policy=policy or config.augment, training=True,
                                 max_boxes=config.dataset.max_boxes, seed=seed, **task_kwargs)
 
 
@@ -282,7 +288,7 @@ def pseudo_examples(config, input_context=None):
 
 
 def student_dataset(config, info, human_batch_size, input_context=None, start_step=0):
-    """Pairs ((h_images, h_targets), (p_images, p_targets)) of fixed sizes, from `start_step`.
+    """Batches `{"human": (images, targets), "pseudo": (images, targets)}` from `start_step`.
 
     The global pseudo batch is train.batch_size x self_training.ratio (a whole number that
     divides over the replicas), split per replica like the human one. Both streams are pure
@@ -305,15 +311,70 @@ def student_dataset(config, info, human_batch_size, input_context=None, start_st
     # Pseudo boxes cannot be re-tightened (pseudo records carry no masks), so the human
     # boxes are not either: the student sees one box geometry (corner transform) in both.
     human = train_examples(config, info, input_context, start_example=step * human_batch_size,
-                           stream="human", tighten_boxes=False)
-    pseudo = _seeded_stream(config, pseudo_examples(config, input_context), "pseudo",
+                           stream=pipelines.HUMAN, tighten_boxes=False)
+    pseudo = _seeded_stream(config, pseudo_examples(config, input_context), pipelines.PSEUDO,
                             input_context, step * pseudo_batch, {})
     pipelines.check_same_keys(human, pseudo)
-    pairs = tf.data.Dataset.zip((human.batch(human_batch_size, drop_remainder=True),
-                                 pseudo.batch(pseudo_batch, drop_remainder=True)))
-    return pairs.map(lambda h, p: (pipelines.split_inputs(h, config.task),
-                                   pipelines.split_inputs(p, config.task))).prefetch(
-                                       tf.data.AUTOTUNE)
+    return stream_batches({pipelines.HUMAN: (human, human_batch_size, config.task),
+                           pipelines.PSEUDO: (pseudo, pseudo_batch, config.task)})
+
+
+def stream_batches(streams):
+    """Batches of named streams: {name: (images, targets)}, each stream its own batch size.
+
+    Args:
+      streams: {name: (unbatched model examples, per-replica batch size, task)}.
+    """
+    batched = {name: examples.batch(size, drop_remainder=True)
+               for name, (examples, size, _) in streams.items()}
+    tasks_of = {name: task for name, (_, _, task) in streams.items()}
+    return tf.data.Dataset.zip(batched).map(
+        lambda b: {name: pipelines.split_inputs(b[name], tasks_of[name]) for name in b}
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def classification_examples(config, input_context=None, start_example=0):
+    """Joint training's classification stream: `joint.dataset`'s images and labels,
+    augmented by `joint.augment` at `joint.image_size`, endless, from `start_example` on."""
+    j = config.joint
+    examples = sources.load(j.dataset, j.split, data_dir=config.dataset.data_dir or None,
+                            shuffle_files=False)
+    return _seeded_stream(config, pipelines.shard_for(examples, input_context),
+                          pipelines.CLASSIFICATION, input_context, start_example, {},
+                          task="classification",
+                          image_size=int(j.image_size) or int(config.dataset.image_size),
+                          policy=j.augment)
+
+
+def joint_dataset(config, info, human_batch_size, input_context=None, start_step=0):
+    """Batches `{"human": ..., "classification": ...}` (+ `"pseudo"` when
+    `self_training.pseudo_labels` is set) of fixed sizes, from `start_step` on.
+
+    The classification stream has its own global batch, `joint.batch_size`, split over the
+    replicas; its images keep their own resolution (`joint.image_size`). Every stream is a
+    pure function of (config.seed, stream, position), as in `student_dataset`.
+
+    Raises:
+      ValueError: `joint.batch_size` does not divide over the replicas.
+    """
+    num_replicas = input_context.num_replicas_in_sync if input_context is not None else 1
+    global_classification = int(config.joint.batch_size)
+    if global_classification % num_replicas:
+        raise ValueError(f"joint.batch_size={global_classification} does not divide over "
+                         f"{num_replicas} replicas")
+    classification_batch = global_classification // num_replicas
+    _, replicas = _pipeline(input_context)
+    step = int(start_step) * replicas
+    if config.self_training.pseudo_labels:
+        target = student_dataset(config, info, human_batch_size, input_context, start_step)
+    else:
+        human = train_examples(config, info, input_context,
+                               start_example=step * human_batch_size, stream=pipelines.HUMAN)
+        target = stream_batches({pipelines.HUMAN: (human, human_batch_size, config.task)})
+    classification = stream_batches({pipelines.CLASSIFICATION: (
+        classification_examples(config, input_context, step * classification_batch),
+        classification_batch, "classification")})
+    return tf.data.Dataset.zip(target, classification).map(lambda a, b: {**a, **b})
 
 
 def eval_dataset(config, split=None, batch_size=None):

@@ -1,11 +1,21 @@
-"""Supervised training of a detector, segmenter or classifier: `train(config, workdir)`.
+"""The one training loop, `train(config, workdir, hooks=...)`, and supervised training.
+
+Every kind of training runs through `train`: supervised detection, segmentation and
+classification (no hooks), supervised pre-training (a hook that saves the backbone), SimCLR
+(its model, data and linear-probe evaluation as hooks), the noisy student and joint training
+(their models and named-stream data as hooks). The loop owns what they share: seeding and
+determinism, the mixed-precision policy, the strategy scope, the optimiser, restore-or-
+initialise, checkpoints (last k + best), resume at the restored step, TensorBoard, the console,
+periodic and final evaluation and metrics.json.
 
 The workdir holds config.json, checkpoints/ (last k + best), tb/ (TensorBoard) and
 metrics.json. Running the same command again resumes from the latest checkpoint at its step,
 with the optimiser state; a finished run only re-evaluates if its metrics are missing.
 """
 
+import dataclasses
 import os
+from typing import Any, Callable, Optional
 
 import keras
 import numpy as np
@@ -23,21 +33,56 @@ from rethink_tf.training import strategy as strategy_lib
 from rethink_tf.training import tasks
 
 
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What a kind of training changes in the one loop (None: the supervised default).
+
+    Attributes:
+      validate: `fn(config)`, raising ValueError naming a bad field, before any work
+        (default `config.validate`).
+      build_model: `fn(config) -> model`, called under the strategy's scope (default: the
+        task model of `config`, `tasks.build_model`).
+      compile_model: `fn(model, config, optimizer)` (default `tasks.compile_model`).
+      train_data: `fn(config, info, per_replica_batch, input_context, start_step) -> dataset`
+        (default `tasks.train_dataset`); batches from `start_step` on, so a resumed run sees
+        the batches an uninterrupted one would.
+      evaluate: `fn(run, split) -> (metrics, kept_examples)` (default: the task's evaluation,
+        COCO AP / mIoU / top-1); the loop records the metrics (metrics.json, TensorBoard, the
+        best checkpoint by `primary_metric`).
+      primary_metric: the metric the best checkpoint is chosen by (default: the task's).
+      after_training: `fn(run) -> dict` run on the chief and others once training is done
+        (also on a re-run of a finished run), its dict merged into the returned metrics
+        (pre-training writes the backbone's weights here).
+    """
+    validate: Optional[Callable[..., Any]] = None
+    build_model: Optional[Callable[..., Any]] = None
+    compile_model: Optional[Callable[..., Any]] = None
+    train_data: Optional[Callable[..., Any]] = None
+    evaluate: Optional[Callable[..., Any]] = None
+    primary_metric: Optional[str] = None
+    after_training: Optional[Callable[..., Any]] = None
+
+
+def _default_build(config):
+    return tasks.build_model(config, tasks.num_classes(config))
+
+
 class Run:
     """Everything a run holds: strategy, model, optimiser, checkpoints and data info."""
 
-    def __init__(self, config, workdir, build_model_fn=None):
+    def __init__(self, config, workdir, hooks=None):
+        hooks = hooks or Hooks()
         self.config = config
         self.workdir = workdir
+        self.hooks = hooks
         self.strategy = strategy_lib.make_strategy(config.strategy, config.get("tpu", ""))
         self.info = tasks.dataset_info(config)
         self.num_classes = tasks.num_classes(config, self.info)
         self.class_names = tasks.class_names(config, self.info)
         with self.strategy.scope():
-            build = build_model_fn or tasks.build_model
-            self.model = build(config, self.num_classes)
+            self.model = (hooks.build_model or _default_build)(config)
             self.optimizer = optimizer_lib.build_optimizer(config.train)
-            tasks.compile_model(self.model, config, self.optimizer)
+            (hooks.compile_model or tasks.compile_model)(self.model, config, self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
         # A student's loss-normaliser state is saved beside the model, not in it.
         extras = (self.model.checkpoint_extras()
@@ -50,6 +95,10 @@ class Run:
     @property
     def step(self):
         return int(self.optimizer.iterations.numpy())
+
+    @property
+    def primary_metric(self):
+        return self.hooks.primary_metric or evaluator.PRIMARY_METRIC[self.config.task]
 
 
 def _setup(config):
@@ -73,28 +122,29 @@ def set_op_determinism(enabled):
         tf_config.disable_op_determinism()
 
 
-def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_fn=None):
+def train(config, workdir, extra_callbacks=(), hooks=None):
     """Trains as `config` says, in `workdir`; resumes if it holds a checkpoint.
 
     Args:
       config: an experiment config (see `rethink_tf.training.config.base_config`).
       workdir: the run's directory.
       extra_callbacks: more Keras callbacks (tests use one to interrupt a run).
-      build_model_fn: `fn(config, num_classes) -> model` replacing `tasks.build_model`
-        (the student uses it to wrap the model in its train_step).
-      train_data_fn: `fn(config, info, per_replica_batch, input_context) -> dataset` replacing
-        `tasks.train_dataset` (the student mixes human and pseudo-labelled streams).
+      hooks: a `Hooks` for a kind of training other than supervised (student, joint,
+        SimCLR, pre-training).
 
     Returns:
-      The final metrics dict (as written to `workdir/metrics.json`).
+      The final metrics dict (as written to `workdir/metrics.json`), plus what
+      `hooks.after_training` returned.
     """
-    config_lib.validate(config)
-    if config.self_training.get("student", False) and build_model_fn is None:
-        raise ValueError("config.self_training.student: a student config trains through "
-                         "`rethink_tf.training.student.train_student` (or `python -m "
-                         "rethink_tf.train`), not `trainer.train`")
+    hooks = hooks or Hooks()
+    (hooks.validate or config_lib.validate)(config)
+    if hooks.build_model is None:
+        if config.self_training.get("student", False):
+            raise ValueError("config.self_training.student: a student config trains through "
+                             "`rethink_tf.training.student.train_student` (or `python -m "
+                             "rethink_tf.train`), not `trainer.train` alone")
     _setup(config)
-    run = Run(config, workdir, build_model_fn)
+    run = Run(config, workdir, hooks)
     # Restore (or initialise) before writing anything: a run rejected here (a checkpoint of
     # another architecture, missing init weights) leaves an existing workdir as it was.
     restored = run.checkpoints.restore_latest()
@@ -111,13 +161,13 @@ def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_f
     total = int(config.train.steps)
     tb_train = tf.summary.create_file_writer(os.path.join(workdir, "tb", "train"))
     tb_eval = tf.summary.create_file_writer(os.path.join(workdir, "tb", "eval"))
-    eval_data = tasks.eval_dataset(config)
+    evaluate = hooks.evaluate or _task_evaluation(config, run)
 
     def evaluate_fn(step):
-        return _evaluate_and_record(run, eval_data, tb_eval, step)
+        return _evaluate_and_record(run, evaluate, tb_eval, step)
 
     if run.step < total:
-        data_fn = train_data_fn or tasks.train_dataset
+        data_fn = hooks.train_data or tasks.train_dataset
         start = run.step
         # From the restored step on: a resumed run sees the batches an uninterrupted one would.
         dataset = pipelines.distribute(
@@ -138,10 +188,11 @@ def train(config, workdir, extra_callbacks=(), build_model_fn=None, train_data_f
         if run.chief and (run.checkpoints.latest_checkpoint is None
                           or checkpoints.step_of(run.checkpoints.latest_checkpoint) != run.step):
             run.checkpoints.save(run.step)
+    extra = hooks.after_training(run) if hooks.after_training else {}
     metrics_path = os.path.join(workdir, "metrics.json")
     if not os.path.exists(metrics_path) or _recorded_step(metrics_path) != run.step:
         evaluate_fn(run.step)
-    return _read_json(metrics_path)
+    return {**_read_json(metrics_path), **(extra or {})}
 
 
 def _recorded_step(path):
@@ -173,13 +224,25 @@ def evaluation_inputs(config, info, split):
     return kwargs
 
 
-def _evaluate_and_record(run, eval_data, writer, step):
+def _task_evaluation(config, run):
+    """The task's evaluation (COCO AP, mIoU, top-1) on the eval split, as a hook."""
+    eval_data = tasks.eval_dataset(config)
+
+    def evaluate(run_, split):
+        del split  # always the eval split (evaluate_workdir scores others)
+        return evaluator.evaluate(
+            run_.model, eval_data, config.task, run_.num_classes, class_names=run_.class_names,
+            num_images=config.eval.num_images, keep_examples=config.eval.tb_images,
+            **evaluation_inputs(config, run_.info, config.dataset.eval_split))
+
+    del run
+    return evaluate
+
+
+def _evaluate_and_record(run, evaluate, writer, step):
     config = run.config
-    metrics, kept = evaluator.evaluate(
-        run.model, eval_data, config.task, run.num_classes, class_names=run.class_names,
-        num_images=config.eval.num_images, keep_examples=config.eval.tb_images,
-        **evaluation_inputs(config, run.info, config.dataset.eval_split))
-    primary = evaluator.PRIMARY_METRIC[config.task]
+    metrics, kept = evaluate(run, config.dataset.eval_split)
+    primary = run.primary_metric
     if run.chief:
         images = [np.asarray(draw_prediction(config.task, k, run.class_names)) for k in kept]
         callbacks_lib.write_eval_summaries(writer, step, metrics, images)

@@ -120,8 +120,10 @@ def _fake_pseudo(data_dir, task):
 
 def _student(config, start_step, count, human_batch=BATCH):
     info = tasks.dataset_info(config)
-    return _arrays(tasks.student_dataset(config, info, human_batch,
-                                         start_step=start_step).take(count))
+    batches = _arrays(tasks.student_dataset(config, info, human_batch,
+                                            start_step=start_step).take(count))
+    assert all(set(b) == {"human", "pseudo"} for b in batches)  # named streams
+    return [(b["human"], b["pseudo"]) for b in batches]
 
 
 @pytest.mark.parametrize("policy", ["s1", "s4"])

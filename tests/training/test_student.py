@@ -45,9 +45,9 @@ def _run_normalizer(human, pseudo, alpha, decay, human_has, pseudo_has, average_
     for h, p, h_ok, p_ok in zip(human, pseudo, human_has, pseudo_has):
         avg_h, count_h = loss_norm.update_moving_average(avg_h, h, decay, count_h, h_ok)
         avg_p, count_p = loss_norm.update_moving_average(avg_p, p, decay, count_p, p_ok)
-        w = loss_norm.pseudo_weight(avg_h, avg_p, alpha, True, count_h, count_p)
+        w = loss_norm.auxiliary_weight(avg_h, avg_p, alpha, True, count_h, count_p)
         weights.append(float(w))
-        totals.append(float(loss_norm.total_loss(h, p, w, alpha if average_terms else None)))
+        totals.append(float(loss_norm.total_loss(h, [(p, w)], alpha if average_terms else None)))
     return np.array(totals), np.array(weights)
 
 
@@ -62,7 +62,7 @@ def test_loss_normalizer_matches_numpy_reference(average_terms):
     totals, weights = _run_normalizer(human, pseudo, 0.7, 0.9, always, always, average_terms)
     np.testing.assert_allclose(weights, ref_weights, rtol=1e-5)
     np.testing.assert_allclose(totals, ref_totals, rtol=1e-5)
-    assert float(loss_norm.pseudo_weight(1.0, 4.0, 0.5, False)) == 0.5
+    assert float(loss_norm.auxiliary_weight(1.0, 4.0, 0.5, False)) == 0.5
 
 
 def test_empty_batches_do_not_move_the_averages():
@@ -88,8 +88,8 @@ def test_empty_batches_do_not_move_the_averages():
 def test_pseudo_weight_gets_no_gradient():
     human, pseudo = tf.Variable(2.0), tf.Variable(8.0)
     with tf.GradientTape() as tape:
-        weight = loss_norm.pseudo_weight(human * 1.0, pseudo * 1.0, 1.0, True)
-        total = loss_norm.total_loss(human, pseudo, weight)
+        weight = loss_norm.auxiliary_weight(human * 1.0, pseudo * 1.0, 1.0, True)
+        total = loss_norm.total_loss(human, [(pseudo, weight)])
     grad_h, grad_p = tape.gradient(total, [human, pseudo])
     assert float(grad_h) == 1.0 and float(grad_p) == pytest.approx(0.25)
 
@@ -116,7 +116,8 @@ def _student(config, alpha=1.0, loss_norm_on=True, seed=0):
 
 
 def _one_step(model, pair):
-    history = model.fit(tf.data.Dataset.from_tensors(pair), epochs=1, verbose=0)
+    batch = {"human": pair[0], "pseudo": pair[1]}  # a student batch of named streams
+    history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0)
     return {k: v[0] for k, v in history.history.items()}
 
 
@@ -144,8 +145,10 @@ def test_alpha_zero_gives_exactly_the_supervised_loss(batches):
                                              y_pred, 4)
     supervised = detector_lib.detector_loss_terms(
         model, h_images, h_targets, detector_lib.slice_predictions(y_pred, 0, 4))["loss"]
-    weight = model._update_normalizer(h_loss, p_loss)  # pylint: disable=protected-access
-    total = loss_norm.total_loss(h_loss, p_loss, weight)
+    losses = {"human": h_loss, "pseudo": p_loss}
+    weight = model.normalizer.update(losses, {"human": True, "pseudo": True})
+    total = model.normalizer.total(losses, weight)
+    weight = weight["pseudo"]
     assert float(weight) == 0.0
     assert float(total) == float(supervised)
     # And through fit: the total loss logged equals the human loss.
@@ -210,7 +213,7 @@ def test_resumed_student_keeps_its_normaliser_and_a_new_one_starts_afresh(batche
     config, human, pseudo = batches
     model = _student(config, alpha=0.5)
     _one_step(model, (human, pseudo))
-    avg = float(model.avg_pseudo_loss.numpy())
+    avg = float(model.loss_normalizer.avg_pseudo_loss.numpy())
     assert avg > 0
     manager = checkpoints.CheckpointManager(str(tmp_path), model=model,
                                             optimizer=model.optimizer,
@@ -221,7 +224,7 @@ def test_resumed_student_keeps_its_normaliser_and_a_new_one_starts_afresh(batche
     resumed.optimizer.build(resumed.trainable_variables)
     checkpoints.CheckpointManager(str(tmp_path), model=resumed, optimizer=resumed.optimizer,
                                   **resumed.checkpoint_extras()).restore_latest()
-    assert float(resumed.avg_pseudo_loss.numpy()) == avg
+    assert float(resumed.loss_normalizer.avg_pseudo_loss.numpy()) == avg
     fresh = _student(config, alpha=0.5)
     fresh(human[0][:1])
     fresh.optimizer.build(fresh.trainable_variables)
@@ -230,7 +233,7 @@ def test_resumed_student_keeps_its_normaliser_and_a_new_one_starts_afresh(batche
     # new run would start at the old one's last step and not train).
     assert int(fresh.optimizer.iterations.numpy()) == 0
     assert all(not np.any(v.numpy()) for v in fresh.optimizer.variables if "momentum" in v.name)
-    assert float(fresh.avg_pseudo_loss.numpy()) == 0.0
+    assert float(fresh.loss_normalizer.avg_pseudo_loss.numpy()) == 0.0
     assert float(fresh.loss_normalizer.pseudo_updates.numpy()) == 0.0
     for a, b in zip(fresh.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
