@@ -4,6 +4,7 @@ r"""The main job: pre-training -> teacher -> pseudo labels -> student -> evaluat
   python -m rethink_tf.pipeline --config=experiments/configs/segmentation.py:student \
       --workdir=/tmp/rt_seg --rounds=2
   python -m rethink_tf.pipeline --workdir=/tmp/rt_rand --nopretrain      # "Rand Init"
+  python -m rethink_tf.pipeline --workdir=/tmp/rt_joint --joint         # joint student
   python -m rethink_tf.pipeline --workdir=/tmp/rt_pp --nopretrain \
       --config.init=pretrained:/tmp/imagenet_plus                        # a backbone you have
 
@@ -31,6 +32,9 @@ _QUALITY_IMAGES = flags.DEFINE_integer(
 _PRETRAIN = flags.DEFINE_bool(
     "pretrain", True, "Pre-train the backbone with --pretrain_config first (DIR/pretrain); "
     "--nopretrain starts from --config.init (random unless set).")
+_JOINT = flags.DEFINE_bool(
+    "joint", False, "Train the student jointly with a classification set (human + pseudo + "
+    "classification; --config.joint.*, by default the pre-training corpus).")
 _PRETRAIN_CONFIG = config_flags.DEFINE_config_file(
     "pretrain_config", "experiments/configs/pretrain_classification.py:plus",
     "Pre-training config (supervised or SimCLR); its backbone must be --config's.")
@@ -44,7 +48,8 @@ def main(argv):
     from rethink_tf import self_training  # pylint: disable=g-import-not-at-top
     self_training.run(_CONFIG.value, _WORKDIR.value, rounds=_ROUNDS.value,
                       quality_images=_QUALITY_IMAGES.value,
-                      pretrain_config=_PRETRAIN_CONFIG.value if _PRETRAIN.value else None)
+                      pretrain_config=_PRETRAIN_CONFIG.value if _PRETRAIN.value else None,
+                      joint=_JOINT.value)
 
 
 if __name__ == "__main__":

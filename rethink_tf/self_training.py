@@ -1,5 +1,9 @@
 """The main job: [pre-training ->] teacher -> pseudo labels -> student -> evaluation -> report.
 
+With a joint config (`joint.dataset` set, e.g. `detection.py:joint_student`, or `joint=True`)
+the student is a joint student (`training/joint.py`): human labels, the teacher's pseudo
+labels and a classification set optimised at once; the teacher stays supervised.
+
   DIR/pretrain/         with a pre-training config: its workdir; teacher and student start
                         from its backbone (`init=pretrained:DIR/pretrain`)
   DIR/teacher/          an ordinary training workdir (config.json, checkpoints, tb, metrics.json)
@@ -22,6 +26,7 @@ import time
 
 from rethink_tf.evaluation import evaluator
 from rethink_tf.training import config as config_lib
+from rethink_tf.training import joint as joint_lib
 from rethink_tf.training import student as student_lib
 from rethink_tf.training import trainer
 
@@ -36,6 +41,8 @@ def teacher_config(config):
     c = config.copy_and_resolve_references()
     c.self_training.pseudo_labels = ""
     c.self_training.student = False
+    if "joint" in c:  # the teacher is supervised; a joint student's classification set is its own
+        c.joint.dataset = ""
     c.augment = config.self_training.teacher_augment or config.augment
     if config.self_training.student_init != "teacher":
         # A teacher-initialised student needs the teacher's exact architecture (stochastic
@@ -111,7 +118,7 @@ def pretrain_stage(pretrain_config, pretrain_dir):
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
 
 
-def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
+def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None, joint=False):
     """Runs [pre-training ->] teacher -> pseudo labels -> student (x rounds); DIR/report.md.
 
     Args:
@@ -124,6 +131,9 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
         experiments/configs/pretrain_classification.py): its run in DIR/pretrain gives the
         backbone that teacher and student start from. Needs `config.init == "random"` and the
         same backbone.
+      joint: train the student jointly with a classification set (`config.joint`): the
+        config's `joint.dataset`, else the pre-training config's dataset, else
+        digit_scenes/classification (`config.joint_training`'s defaults otherwise).
 
     Returns:
       The summary dict (also in DIR/pipeline.json).
@@ -134,6 +144,10 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     config = config.copy_and_resolve_references()
+    if joint and not config_lib.is_joint(config):
+        corpus = (pretrain_config.dataset.name if pretrain_config is not None
+                  and pretrain_config.task == "classification" else "digit_scenes/classification")
+        config_lib.joint_training(config, dataset=corpus)
     # Absolute: the path is recorded in teacher's and student's config.json (`init`).
     pretrain_dir = os.path.join(os.path.abspath(workdir), "pretrain")
     if pretrain_config is not None:
@@ -145,8 +159,13 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
         early = t_config.copy_and_resolve_references()
         early.init = "random"
     config_lib.validate(early)  # fail before any work
+    if config_lib.is_joint(config):  # the student's classification set, checked now too
+        joint_early = early.copy_and_resolve_references()
+        joint_early.joint = config.joint.copy_and_resolve_references()
+        config_lib.validate(joint_early)
     os.makedirs(workdir, exist_ok=True)
-    summary = {"task": config.task, "init": config.init, "rounds": [], "timings_s": {}}
+    summary = {"task": config.task, "init": config.init, "rounds": [], "timings_s": {},
+               "joint": config.joint.dataset if config_lib.is_joint(config) else ""}
     # A resumed run adds its time to what earlier invocations spent on each stage.
     spent = _previous_timings(workdir)
 
@@ -176,7 +195,9 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None):
         start = _stage(f"round {k}: student", next(count), total)
         s_config = student_config(config, pseudo_dir, teacher_dir)
         student_dir = os.path.join(round_dir, "student")
-        metrics = _metrics(student_lib.train_student(s_config, student_dir))
+        train_fn = (joint_lib.train_joint if config_lib.is_joint(s_config)
+                    else student_lib.train_student)
+        metrics = _metrics(train_fn(s_config, student_dir))
         metrics["augment"] = s_config.augment
         record_time(f"student_{k}", start)
         summary["rounds"].append({"round": k, "teacher_dir": teacher_dir,
@@ -242,9 +263,10 @@ def render_report(config, summary):
     teacher = summary["teacher"]
     lines.append("| teacher | " + teacher["augment"] + " | " +
                  " | ".join(f"{teacher.get(k, float('nan')):.4f}" for k in keys) + " |")
+    name = (f"joint student, + {summary['joint']}" if summary.get("joint") else "student")
     for r in summary["rounds"]:
         s = r["student"]
-        lines.append(f"| student (round {r['round']}) | {s['augment']} | " +
+        lines.append(f"| {name} (round {r['round']}) | {s['augment']} | " +
                      " | ".join(f"{s.get(k, float('nan')):.4f}" for k in keys) + " |")
     last = summary["rounds"][-1]["student"]
     delta = last.get(primary, 0.0) - teacher.get(primary, 0.0)

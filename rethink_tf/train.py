@@ -1,4 +1,5 @@
-r"""Trains a detector, segmenter or classifier from a config file.
+r"""Trains a detector, segmenter or classifier from a config file: supervised, as a noisy
+student (`self_training.student`) or jointly with a classification set (`joint.dataset`).
 
   python -m rethink_tf.train --config=experiments/configs/detection.py --workdir=/tmp/det \
       [--config.train.steps=...] [--config.strategy=mirrored]
@@ -19,9 +20,13 @@ def main(argv):
     del argv
     from rethink_tf import cli  # pylint: disable=g-import-not-at-top
     cli.quiet_logs()
+    from rethink_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
     from rethink_tf.training import trainer  # pylint: disable=g-import-not-at-top
     config = _CONFIG.value
-    if config.self_training.get("student", False) or config.self_training.pseudo_labels:
+    if config_lib.is_joint(config):
+        from rethink_tf.training import joint  # pylint: disable=g-import-not-at-top
+        joint.train_joint(config, _WORKDIR.value)
+    elif config.self_training.get("student", False) or config.self_training.pseudo_labels:
         from rethink_tf.training import student  # pylint: disable=g-import-not-at-top
         student.train_student(config, _WORKDIR.value)
     else:

@@ -509,3 +509,28 @@ def test_pipeline_segmentation_rand_init_two_rounds(tmp_path, env):
         assert_workdir(os.path.join(workdir, stage), ["mIoU"])
     assert read_json(workdir, "pseudo", "manifest.json")["task"] == "segmentation"
     assert glob.glob(os.path.join(workdir, "serving", "*", "1", "saved_model.pb"))
+
+
+_TINY_JOINT = {"joint.dataset": "digit_scenes/classification_tiny", "joint.batch_size": 4,
+               "joint.image_size": 32}
+
+
+def test_joint_training_commands(tmp_path, env):
+    """README "Joint training": `train --config=detection.py:joint` and `pipeline --joint
+    --nopretrain` (teacher -> pseudo labels -> joint student)."""
+    workdir = str(tmp_path / "joint")
+    run("rethink_tf.train", "--config=experiments/configs/detection.py:joint",
+        f"--workdir={workdir}", *overrides("detection", **_TINY_JOINT), env=env)
+    assert_workdir(workdir, ["AP", "AP50"])
+    assert read_json(workdir, "config.json")["joint"]["dataset"] == _TINY_JOINT["joint.dataset"]
+    pipeline_dir = str(tmp_path / "rt_joint")
+    run("rethink_tf.pipeline", "--joint", "--nopretrain", f"--workdir={pipeline_dir}",
+        "--quality_images=8", *overrides("detection", **_TINY_UNLABELED, **_TINY_JOINT),
+        env=env)
+    assert read_json(pipeline_dir, "teacher", "config.json")["joint"]["dataset"] == ""
+    student = read_json(pipeline_dir, "student", "config.json")
+    assert student["joint"]["dataset"] == _TINY_JOINT["joint.dataset"]
+    assert student["self_training"]["pseudo_labels"]
+    assert_workdir(os.path.join(pipeline_dir, "student"), ["AP", "AP50"])
+    with open(os.path.join(pipeline_dir, "report.md")) as f:
+        assert "| joint student, + digit_scenes/classification_tiny (round 1) |" in f.read()

@@ -15,6 +15,12 @@ Variants (`--config=experiments/configs/detection.py:<variant>`):
   python -m rethink_tf.train --config=experiments/configs/detection.py:student \
       --config.self_training.pseudo_labels=/tmp/pseudo --workdir=/tmp/student
   python -m rethink_tf.pipeline --workdir=DIR          # the whole loop
+  joint     joint training (rethink_tf/training/joint.py): the student recipe's teacher
+            settings plus a classification stream (8 digit_scenes/classification images per
+            step, 64 px, AutoAugment, alpha 1 with loss normalisation):
+  python -m rethink_tf.train --config=experiments/configs/detection.py:joint --workdir=/tmp/joint
+  joint_student  the student plus the classification stream (all three streams), e.g. as
+            the pipeline's student: python -m rethink_tf.pipeline --joint --workdir=DIR
 The student's measured results (experiments/bench/SELF_TRAINING.md) start teacher and student
 from the "ImageNet++" backbone (the pipeline's default pre-training, or
   --nopretrain --config.init=pretrained:<workdir of pretrain_classification.py:plus>):
@@ -27,22 +33,31 @@ loss normalisation on, alpha 1, unlabeled images from digit_scenes/detection.
 """
 
 from rethink_tf.training.config import base_config
+from rethink_tf.training.config import joint_training
 from rethink_tf.training.config import noisy_student
 from rethink_tf.training.config import parse_variant
 
 VARIANTS = {"": "supervised teacher, 8,000 steps",
-            "student": "noisy student (and the pipeline's teacher), 1,500 steps, threshold 0.4"}
+            "student": "noisy student (and the pipeline's teacher), 1,500 steps, threshold 0.4",
+            "joint": "the student recipe's teacher + joint training with "
+                     "digit_scenes/classification (no pseudo labels)",
+            "joint_student": "the student + joint training (human + classification + pseudo)"}
 
 
 def get_config(arg=None):
     variant = parse_variant(arg, VARIANTS, __file__)
     c = base_config("detection")
-    if variant == "student":
+    if variant in ("student", "joint", "joint_student"):
         noisy_student(c, learning_rate=0.04)
         # Chosen by measurement (experiments/bench/SELF_TRAINING.md): with a teacher of AP50
         # ~0.55, 0.5 keeps 27 % of the objects (precision 0.86) and the student loses; 0.4 keeps
         # 45 % (precision 0.65) and the student wins. Strong teachers (the paper's) suit 0.5.
         c.self_training.score_threshold = 0.4
+        if variant == "joint":  # the pipeline teacher's settings: no pseudo labels, no noise
+            c.self_training.student = False
+            c.model.drop_path_rate = 0.0
+        if variant != "student":
+            joint_training(c)
         return c
     c.augment = "s1"
     # Tuned on this 2-core CPU (experiments/bench/RESULTS.md): at a fixed number of images,

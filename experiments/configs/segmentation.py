@@ -13,6 +13,11 @@ Variants (`--config=experiments/configs/segmentation.py:<variant>`):
   python -m rethink_tf.train --config=experiments/configs/segmentation.py:student \
       --config.self_training.pseudo_labels=/tmp/pseudo_seg --workdir=/tmp/student_seg
   python -m rethink_tf.pipeline --config=experiments/configs/segmentation.py:student --workdir=DIR
+  joint     joint training: the teacher's settings plus 8 digit_scenes/classification images
+            per step (see detection.py's `joint`)
+  joint_student  the student plus the classification stream:
+  python -m rethink_tf.pipeline --joint --config=experiments/configs/segmentation.py:joint_student \
+      --workdir=DIR
 Self-training settings not set here are base_config's: 1:1 pseudo:human images per batch,
 loss normalisation on, alpha 1, unlabeled images from digit_scenes/detection.
 Measured (experiments/bench/SELF_TRAINING.md), both from the "ImageNet++" backbone
@@ -22,20 +27,29 @@ seeds (+0.005, +0.008 mIoU); with all the labels it ties (+0.001).
 """
 
 from rethink_tf.training.config import base_config
+from rethink_tf.training.config import joint_training
 from rethink_tf.training.config import noisy_student
 from rethink_tf.training.config import parse_variant
 
 VARIANTS = {"": "supervised, 4,800 steps",
-            "student": "noisy student (and the pipeline's teacher), 1,500 steps"}
+            "student": "noisy student (and the pipeline's teacher), 1,500 steps",
+            "joint": "the student recipe's teacher + joint training with "
+                     "digit_scenes/classification (no pseudo labels)",
+            "joint_student": "the student + joint training (human + classification + pseudo)"}
 
 
 def get_config(arg=None):
     variant = parse_variant(arg, VARIANTS, __file__)
     c = base_config("segmentation")
-    if variant == "student":
+    if variant in ("student", "joint", "joint_student"):
         # The same policy (s2) as its teacher, so the comparison differs only in pseudo labels.
         noisy_student(c, learning_rate=0.08)
         c.self_training.pixel_threshold = 0.5
+        if variant == "joint":  # the pipeline teacher's settings: no pseudo labels, no noise
+            c.self_training.student = False
+            c.model.drop_path_rate = 0.0
+        if variant != "student":
+            joint_training(c)
         return c
     c.augment = "s1"
     # Sized for 15 minutes on this 2-core CPU (experiments/bench/RESULTS.md): ~130 ms per step

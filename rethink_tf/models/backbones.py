@@ -243,6 +243,19 @@ def build_backbone(name, input_shape=(None, None, 3), *, drop_path_rate=0.0,
     return backbone
 
 
+def allow_any_input_size(backbone):
+    """Lets a backbone built for one image size run on images of any size (it is
+    convolutions and batch norm only), e.g. a detector's 128 px backbone on 32 px
+    classification images in joint training. The detector's own graph is unchanged.
+
+    Returns:
+      The backbone.
+    """
+    # A functional model checks calls against its Input's full shape; keep rank and channels.
+    backbone.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: 3})
+    return backbone
+
+
 def backbone_name(backbone):
     """The factory name that built `backbone` (its class name if it was built otherwise)."""
     return getattr(backbone, _NAME_ATTR, type(backbone).__name__)

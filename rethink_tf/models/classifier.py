@@ -64,3 +64,52 @@ def build_classifier(backbone_name, num_classes, image_size=None, *, dropout=0.0
     backbone = backbones_lib.build_backbone(backbone_name, input_shape=input_shape,
                                             **(backbone_kwargs or {}))
     return Classifier(backbone, num_classes, dropout=dropout, name=name)
+
+
+@keras.saving.register_keras_serializable(package="rethink_tf")
+class ClassificationHead(keras.layers.Layer):
+    """Global average pooling + dense logits (float32) on a backbone's last level.
+
+    Joint training's head: the backbone it reads is the detector's or segmenter's own, so the
+    head alone is extra; it is kept outside the task model (see `training/joint.py`), which
+    then restores, exports and serves like a plain one.
+
+    Args:
+        num_classes: output classes.
+        dropout: dropout rate before the dense layer.
+    """
+
+    def __init__(self, num_classes, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.dropout = float(dropout)
+        self.pool = keras.layers.GlobalAveragePooling2D(name="avg_pool")
+        self.drop = keras.layers.Dropout(self.dropout, name="head_dropout")
+        self.logits = keras.layers.Dense(self.num_classes, dtype="float32", name="logits")
+
+    def build(self, input_shape):
+        self.logits.build((input_shape[0], input_shape[-1]))
+        super().build(input_shape)
+
+    def call(self, features, training=None):
+        return self.logits(self.drop(self.pool(features), training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "dropout": self.dropout}
+
+
+def build_classification_head(backbone, num_classes, dropout=0.0, name="joint_classifier"):
+    """A built `ClassificationHead` for `backbone`'s last level, and the backbone made to
+    accept images of any size (classification images keep their own resolution).
+
+    Args:
+        backbone: the task model's backbone (`model.backbone`).
+        num_classes: classes of the classification set.
+        dropout: dropout rate before the dense layer.
+        name: the head's name.
+    """
+    backbones_lib.allow_any_input_size(backbone)
+    head = ClassificationHead(num_classes, dropout=dropout, name=name)
+    head.build((None, None, None, int(backbone.output_shape[-1])))
+    return head

@@ -92,6 +92,33 @@ def normalised_pixel_loss(loss_sum, count):
     return ops.divide_no_nan(ops.sum(loss_sum), cross_replica_normalizer(ops.sum(count)))
 
 
+def smoothed_cross_entropy_per_example(labels, logits, label_smoothing=0.0):
+    """Softmax cross-entropy of integer labels against logits, with label smoothing.
+
+    The target of example i is (1 - s) * onehot(labels_i) + s / C over the C classes.
+
+    Args:
+        labels: int [B] class ids.
+        logits: [B, C] unnormalised scores.
+        label_smoothing: s in [0, 1).
+
+    Returns:
+        float32 [B].
+    """
+    logits = ops.cast(logits, "float32")
+    one_hot = ops.one_hot(ops.cast(ops.reshape(labels, [-1]), "int32"), ops.shape(logits)[-1])
+    return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True,
+                                                 label_smoothing=label_smoothing)
+
+
+def classification_loss(labels, logits, label_smoothing=0.0):
+    """Mean smoothed cross-entropy over the global batch (`cross_replica_normalizer`): each
+    replica returns its partial sum, so the replicas' gradients sum to the global mean's."""
+    per_example = smoothed_cross_entropy_per_example(labels, logits, label_smoothing)
+    count = ops.cast(ops.shape(per_example)[0], "float32")
+    return ops.divide_no_nan(ops.sum(per_example), cross_replica_normalizer(count))
+
+
 @keras.saving.register_keras_serializable(package="rethink_tf")
 class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
     """`masked_sparse_categorical_crossentropy` as a Keras loss, for `model.compile`.

@@ -106,6 +106,19 @@ def base_config(task="detection"):
     c.self_training.teacher_augment = ""  # "" = the student's augment (a fair comparison)
     c.self_training.student_init = "config"  # config (= config.init) | teacher (all weights)
 
+    # Joint training (`rethink_tf.training.joint`): the target task and a classification set
+    # at once, on one backbone (plus pseudo labels when self_training.pseudo_labels is set).
+    c.joint = ml_collections.ConfigDict()
+    c.joint.dataset = ""  # a classification source (e.g. digit_scenes/classification); "" = off
+    c.joint.split = "train"
+    c.joint.batch_size = 32  # classification images per step, over all replicas
+    c.joint.image_size = 0  # 0 = the corpus at dataset.image_size; else its own resolution
+    c.joint.augment = "s2"  # the classification stream's policy (AutoAugment)
+    c.joint.alpha = 1.0  # alpha_c: the classification loss weight (x avg ratio with loss_norm)
+    c.joint.loss_norm = True
+    c.joint.label_smoothing = 0.1
+    c.joint.dropout = 0.0  # before the classification head's dense layer
+
     if task == "segmentation":
         c.model.backbone = "resnet_small"
         c.train.learning_rate = 0.05
@@ -167,6 +180,32 @@ def noisy_student(c, learning_rate):
     # (the pipeline sets it; its teacher runs with student=False).
     c.self_training.student = True
     c.self_training.unlabeled_split = "unlabeled[:5000]"
+    return c
+
+
+def joint_training(c, dataset="digit_scenes/classification", batch_size=8, image_size=64):
+    """Adds joint training with a classification set to a detection/segmentation config.
+
+    The classification stream: `batch_size` images per step of `dataset` at `image_size`
+    (its own resolution; 64 px is the pre-training configs' size), AutoAugment (s2) as in
+    pre-training, alpha 1 with loss normalisation (the paper's joint-training recipe, scaled
+    down). The target task's settings (steps, batch, augmentation) are left as they are.
+
+    Args:
+        c: a config from `base_config("detection" | "segmentation")`, changed in place.
+        dataset: the classification source (the aligned corpus by default).
+        batch_size: classification images per step, over all replicas.
+        image_size: the classification images' side.
+
+    Returns:
+        `c`.
+    """
+    c.joint.dataset = dataset
+    c.joint.batch_size = batch_size
+    c.joint.image_size = image_size
+    c.joint.augment = "s2"
+    c.joint.alpha = 1.0
+    c.joint.loss_norm = True
     return c
 
 
@@ -357,7 +396,46 @@ def validate(config):
     for field in ("score_threshold", "pixel_threshold"):
         _float(config, f"self_training.{field}", 0.0, 1.0)
     _bool(config, "self_training.flip_tta")
+    if "joint" in config:
+        _check_joint(config)
     _check_dataset(config)
+
+
+def is_joint(config):
+    """True if `config` trains jointly with a classification set (`joint.dataset` is set)."""
+    return bool("joint" in config and config.joint.dataset)
+
+
+def _check_joint(config):
+    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
+    j = config.joint
+    if not isinstance(j.dataset, str):
+        _fail("joint.dataset", f"must name a classification source, got {j.dataset!r}")
+    if not isinstance(j.split, str) or not j.split:
+        _fail("joint.split", f"must name a split, got {j.split!r}")
+    _int(config, "joint.batch_size", 1)  # divides over replicas: checked by joint_dataset
+    _int(config, "joint.image_size", 0)
+    _choice(config, "joint.augment", POLICIES)
+    _float(config, "joint.alpha", 0.0)
+    _bool(config, "joint.loss_norm")
+    _float(config, "joint.label_smoothing", 0.0, 1.0, high_open=True)
+    _float(config, "joint.dropout", 0.0, 1.0, high_open=True)
+    if not j.dataset:
+        return
+    if config.task not in ("detection", "segmentation"):
+        _fail("task", f"joint training trains detection or segmentation with a classification "
+                      f"set, not {config.task!r}")
+    try:
+        src = sources.info(j.dataset, data_dir=config.dataset.data_dir or None)
+    except Exception as e:  # noqa: BLE001  (any failure here means the source is unusable)
+        _fail("joint.dataset", f"cannot open {j.dataset!r}: {e}")
+    if "classification" not in src.tasks:
+        _fail("joint.dataset", f"{j.dataset} has no classification labels "
+                               f"(it has {', '.join(src.tasks) or 'none'})")
+    base = j.split.split("[")[0].split("+")[0]
+    if src.splits and base not in src.splits:
+        _fail("joint.split", f"split {j.split!r} not in {j.dataset} "
+                             f"(splits: {', '.join(src.splits)})")
 
 
 def _check_dataset(config):

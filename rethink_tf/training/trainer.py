@@ -143,6 +143,10 @@ def train(config, workdir, extra_callbacks=(), hooks=None):
             raise ValueError("config.self_training.student: a student config trains through "
                              "`rethink_tf.training.student.train_student` (or `python -m "
                              "rethink_tf.train`), not `trainer.train` alone")
+        if config_lib.is_joint(config):
+            raise ValueError("config.joint.dataset: a joint config trains through "
+                             "`rethink_tf.training.joint.train_joint` (or `python -m "
+                             "rethink_tf.train`), not `trainer.train` alone")
     _setup(config)
     run = Run(config, workdir, hooks)
     # Restore (or initialise) before writing anything: a run rejected here (a checkpoint of
