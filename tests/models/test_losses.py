@@ -77,3 +77,17 @@ def test_keras_loss_wrapper_equals_function_in_graph_mode():
     fn = tf.function(lambda y, p: losses.MaskedSparseCategoricalCrossentropy()(y, p))
     np.testing.assert_allclose(float(fn(labels, logits)), float(
         losses.masked_sparse_categorical_crossentropy(labels, logits)), rtol=1e-6)
+
+
+def test_smoothed_classification_loss_matches_numpy_reference():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(5, 7)).astype(np.float32)
+    labels = rng.integers(0, 7, 5)
+    for smoothing in (0.0, 0.1):
+        target = np.full((5, 7), smoothing / 7) + (1 - smoothing) * np.eye(7)[labels]
+        log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        ref = -(target * log_p).sum(-1)
+        got = losses.smoothed_cross_entropy_per_example(labels, logits, smoothing)
+        np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5)
+        np.testing.assert_allclose(float(losses.classification_loss(labels, logits, smoothing)),
+                                   ref.mean(), rtol=1e-5)
