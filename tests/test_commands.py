@@ -526,7 +526,7 @@ def test_joint_training_commands(tmp_path, env):
     pipeline_dir = str(tmp_path / "rt_joint")
     run("rethink_tf.pipeline", "--joint", "--nopretrain", f"--workdir={pipeline_dir}",
         "--quality_images=8", *overrides("detection", **_TINY_UNLABELED, **_TINY_JOINT),
-        env=env)
+        env=env, timeout=1200)  # three trainings, labelling and export in one command
     assert read_json(pipeline_dir, "teacher", "config.json")["joint"]["dataset"] == ""
     student = read_json(pipeline_dir, "student", "config.json")
     assert student["joint"]["dataset"] == _TINY_JOINT["joint.dataset"]

@@ -166,7 +166,8 @@ def test_teacher_init_restores_the_model_not_the_optimizer_step(two_rounds, tmp_
     workdir, _, _ = two_rounds
     config = config_lib.load(str(workdir / "round2" / "student"))
     assert config.init == f"teacher:{workdir / 'student'}"
-    run = trainer.Run(config, str(tmp_path / "fresh"), student_lib.build_student_model)
+    run = trainer.Run(config, str(tmp_path / "fresh"),
+                      trainer.Hooks(build_model=student_lib.build_student_model))
     assert run.step == 0
     tasks.initialize(run.model, config)
     assert run.step == 0, (f"init={config.init} restored the teacher's optimizer step "
