@@ -14,7 +14,14 @@
   larger objects are painted first so smaller ones stay visible; annotations without a
   segmentation add no pixels.
 - Everything the JSON names is checked before any example is read (file, keys,
-  categories, bboxes, image files); errors name the file, image id or annotation id.
+  categories, bboxes, image sizes and files); errors name the file, image id or annotation id.
+- Boxes wholly outside their image (when the JSON gives its size) are dropped, counted in
+  `CocoIndex.dropped_boxes` with their annotation ids, and logged; partly outside ones are
+  clipped.
+- An image file that cannot be decoded (corrupt, truncated, empty, not an image, or more
+  pixels than `image_files.decode_image` accepts) is skipped and counted, never fatal: the
+  `image_folder.SkipCounter` passed to `load` (or one of its own) records it, and its
+  annotations go with it. An image whose size differs from the JSON's raises, naming it.
 """
 from __future__ import annotations
 
@@ -29,7 +36,11 @@ import tensorflow as tf
 
 from rethink_tf.data import example as ex
 from rethink_tf.data import image_files
+from rethink_tf.data import image_folder
 from rethink_tf.data import subsets
+
+# Annotation ids of dropped boxes named in the log (all are counted).
+MAX_LOGGED_IDS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +57,8 @@ class CocoIndex:
         classes: per image, int32 [N] contiguous ids.
         crowd: per image, bool [N].
         segmentations: per image, the annotations' `segmentation` (None if absent).
+        dropped_boxes: (annotation id, reason) of the boxes left out of the targets:
+            'zero size', or 'outside the image' (wholly, by the JSON's image size).
     """
 
     category_ids: tuple[int, ...]
@@ -57,6 +70,7 @@ class CocoIndex:
     classes: tuple[np.ndarray, ...]
     crowd: tuple[np.ndarray, ...]
     segmentations: tuple[list, ...]
+    dropped_boxes: tuple[tuple, ...] = ()
 
 
 def categories(annotation_file: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
@@ -106,12 +120,12 @@ def read_index(annotation_file: str, image_dir: str) -> CocoIndex:
                                     f"{img['file_name']!r} not found in {image_dir!r}")
         order[img["id"]] = len(paths)
         paths.append(path)
-        sizes.append((int(img.get("height", -1)), int(img.get("width", -1))))
+        sizes.append(_parse_size(img, annotation_file))
     per_image = [[] for _ in paths]
     annotations = data.get("annotations", [])
     if not isinstance(annotations, list):
         raise ValueError(f"{annotation_file}: 'annotations' must be a list")
-    zero_size = 0
+    dropped = []
     for ann in annotations:
         ann_id = ann.get("id", "?") if isinstance(ann, dict) else "?"
         where = f"{annotation_file}: annotation {ann_id!r}"
@@ -124,13 +138,15 @@ def read_index(annotation_file: str, image_dir: str) -> CocoIndex:
                              f"categories are {sorted(contiguous)}")
         box = _parse_bbox(ann.get("bbox"), where)
         if box is None:
-            zero_size += 1
+            dropped.append((ann_id, "zero size"))
+            continue
+        if _outside(box, sizes[order[ann["image_id"]]]):
+            dropped.append((ann_id, "outside the image"))
             continue
         per_image[order[ann["image_id"]]].append(
             (box, contiguous[ann["category_id"]], bool(ann.get("iscrowd", 0)),
-             ann.get("segmentation"), float(ann.get("area", box[2] * box[3]))))
-    if zero_size:
-        logging.warning("%s: dropped %d zero-size boxes", annotation_file, zero_size)
+             ann.get("segmentation"), _parse_area(ann.get("area", box[2] * box[3]), where)))
+    _log_dropped(annotation_file, dropped)
     boxes, classes, crowd, segs = [], [], [], []
     for anns in per_image:
         xywh = np.array([a[0] for a in anns], np.float32).reshape(-1, 4)
@@ -142,12 +158,13 @@ def read_index(annotation_file: str, image_dir: str) -> CocoIndex:
                      category_names=tuple(c[1] for c in cats),
                      image_ids=tuple(order), paths=tuple(paths), sizes=tuple(sizes),
                      boxes=tuple(boxes), classes=tuple(classes), crowd=tuple(crowd),
-                     segmentations=tuple(segs))
+                     segmentations=tuple(segs), dropped_boxes=tuple(dropped))
 
 
 def load(annotation_file: str, image_dir: str, *, keep_crowd: bool = False,
          with_masks: bool = False, fraction: float | None = None, shuffle: bool = False,
-         seed: int | None = None) -> tf.data.Dataset:
+         seed: int | None = None,
+         skip_counter: image_folder.SkipCounter | None = None) -> tf.data.Dataset:
     """Loads COCO-format data as canonical detection examples; see the module docstring.
 
     Args:
@@ -158,11 +175,14 @@ def load(annotation_file: str, image_dir: str, *, keep_crowd: bool = False,
         fraction: keep the `subsets.in_fraction` subset of the images.
         shuffle: shuffle the image order (reshuffled each epoch).
         seed: the shuffle seed.
+        skip_counter: records the image files skipped because they cannot be decoded; a
+            new one if None (the skips are logged either way).
 
     Returns:
         A dataset of {'image', 'boxes', 'classes', 'source_id'} (+ 'mask').
     """
     index = read_index(annotation_file, image_dir)
+    counter = skip_counter if skip_counter is not None else image_folder.SkipCounter()
     source_ids = [str(i) for i in index.image_ids]
     selected = np.arange(len(source_ids))
     if fraction is not None and fraction < 1.0 and source_ids:
@@ -180,19 +200,23 @@ def load(annotation_file: str, image_dir: str, *, keep_crowd: bool = False,
         try:
             image = image_files.decode_image(index.paths[i])
         except Exception as err:  # pylint: disable=broad-except
-            raise ValueError(f"{annotation_file}: image id {index.image_ids[i]!r}: cannot "
-                             f"decode {index.paths[i]!r}: {err}") from err
+            # Any decode failure (truncated, not an image, too large) means skip, as images:.
+            counter.add(index.paths[i], f"image id {index.image_ids[i]!r}: "
+                                        f"{type(err).__name__}: {err}")
+            return np.zeros((1, 1, 3), np.uint8), np.zeros((0, 0, 1), np.uint8), False
         height, width = index.sizes[i]
         if height > 0 and width > 0 and image.shape[:2] != (height, width):
             raise ValueError(f"{annotation_file}: image id {index.image_ids[i]!r}: the JSON "
                              f"says {height}x{width} but {index.paths[i]!r} is "
                              f"{image.shape[0]}x{image.shape[1]}")
         if not with_masks:
-            return image, np.zeros((0, 0, 1), np.uint8)
-        return image, _semantic_mask(index.segmentations[i], image.shape[:2], keep_crowd)
+            return image, np.zeros((0, 0, 1), np.uint8), True
+        return image, _semantic_mask(index.segmentations[i], image.shape[:2], keep_crowd), True
 
     def decode(i, source_id, start, count):
-        image, mask = tf.numpy_function(read, [i], [tf.uint8, tf.uint8], stateful=False)
+        # stateful: the counter is a side effect tf.data must not optimize away.
+        image, mask, ok = tf.numpy_function(read, [i], [tf.uint8, tf.uint8, tf.bool],
+                                            stateful=True)
         image = tf.ensure_shape(image, [None, None, 3])
         height = tf.cast(tf.shape(image)[0], tf.float32)
         width = tf.cast(tf.shape(image)[1], tf.float32)
@@ -207,7 +231,7 @@ def load(annotation_file: str, image_dir: str, *, keep_crowd: bool = False,
                ex.SOURCE_ID: source_id}
         if with_masks:
             out[ex.MASK] = tf.ensure_shape(mask, [None, None, 1])
-        return out
+        return out, tf.reshape(ok, [])
 
     ds = tf.data.Dataset.from_tensor_slices((
         tf.constant(selected, tf.int64),
@@ -216,7 +240,61 @@ def load(annotation_file: str, image_dir: str, *, keep_crowd: bool = False,
         tf.constant(counts[selected], tf.int64)))
     if shuffle:
         ds = ds.shuffle(max(1, len(selected)), seed=seed, reshuffle_each_iteration=True)
-    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.filter(_is_readable).map(_drop_readable_flag)
+
+
+def _is_readable(example, ok):
+    # Named, not lambdas: AutoGraph cannot parse two lambdas on one line and warns users.
+    del example
+    return ok
+
+
+def _drop_readable_flag(example, ok):
+    del ok
+    return example
+
+
+def _parse_size(img: dict, annotation_file: str) -> tuple[int, int]:
+    """(height, width) of an image entry; (-1, -1) when the JSON does not give both."""
+    size = []
+    for key in ("height", "width"):
+        value = img.get(key)
+        if value is None or (not isinstance(value, bool) and value == 0):
+            return -1, -1  # unknown (some exporters write 0): taken from the decoded image
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(
+                value) or value < 0:
+            raise ValueError(f"{annotation_file}: image id {img['id']!r}: bad {key} {value!r}: "
+                             "must be a positive integer")
+        size.append(int(value))
+    return size[0], size[1]
+
+
+def _parse_area(area, where: str) -> float:
+    try:
+        value = float(area)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: bad area {area!r}: must be a number") from err
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: bad area {area!r}: must be finite")
+    return value
+
+
+def _outside(box, size) -> bool:
+    """True when an [x, y, w, h] box lies wholly outside an image of known (height, width)."""
+    height, width = size
+    if height <= 0 or width <= 0:
+        return False  # unknown size: clipped (and dropped if empty) when the image is read
+    x, y, w, h = box
+    return x >= width or y >= height or x + w <= 0 or y + h <= 0
+
+
+def _log_dropped(annotation_file: str, dropped) -> None:
+    for reason in sorted({r for _, r in dropped}):
+        ids = [i for i, r in dropped if r == reason]
+        listed = ", ".join(repr(i) for i in ids[:MAX_LOGGED_IDS])
+        logging.warning("%s: dropped %d boxes (%s): annotation ids %s%s", annotation_file,
+                        len(ids), reason, listed, ", ..." if len(ids) > MAX_LOGGED_IDS else "")
 
 
 def _read_json(annotation_file: str) -> dict:

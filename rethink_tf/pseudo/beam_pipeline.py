@@ -3,12 +3,15 @@
     python -m rethink_tf.pseudo_label --teacher=... --unlabeled=... --output=DIR \
         --runner=DirectRunner            # or DataflowRunner / FlinkRunner / SparkRunner + options
 
-The launcher writes `settings.json` (checking a re-run's settings as the local labeler does),
+The runner name and the Beam options are checked before any work (a typo in either fails
+with a ValueError naming it, before the teacher is loaded or the output touched). The launcher
+then writes `settings.json` (checking a re-run's settings as the local labeler does),
 then the pipeline distributes the unfinished output shards: `Create(shards) | Reshuffle |
 ParDo(label one shard)`, each worker loading the teacher once (`DoFn.setup`) and writing its
 shard exactly as the local labeler would (same code, temporary name then rename), so the
-records are byte-identical to a local run and a failed bundle retried by the runner just
-rewrites its shard. The manifest is merged once all shards are written.
+records are a local run's (the same values: a record's feature map is serialised in an order
+that differs between processes) and a failed bundle retried by the runner just rewrites its
+shard. The manifest is merged once all shards are written.
 
 Each shard's worker streams the whole source and runs the model on that shard's images only,
 so per shard the source is read once; the teacher and source paths must be readable from
@@ -60,6 +63,39 @@ if beam is not None:
             yield int(shard), manifest["num_images"]
 
 
+def pipeline_options(runner="DirectRunner", pipeline_args=()):
+    """Beam `PipelineOptions` for `runner` and `pipeline_args`, checked before any work.
+
+    Args:
+        runner: a Beam runner name (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner,
+            PortableRunner, ...).
+        pipeline_args: more Beam options, e.g. `["--direct_running_mode=multi_processing",
+            "--direct_num_workers=2"]` or `["--project=...", "--region=..."]`.
+
+    Returns:
+        The parsed `PipelineOptions`.
+
+    Raises:
+        ValueError: an unknown runner, or an option value Beam rejects (argparse prints which
+            and why; unknown option names are only logged by Beam, as it discards them).
+    """
+    _require_beam()
+    from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+    from apache_beam.runners import runner as runner_lib  # pylint: disable=g-import-not-at-top
+    args = [f"--runner={runner}", *pipeline_args]
+    try:
+        runner_lib.create_runner(runner)
+    except ValueError as err:
+        raise ValueError(f"runner={runner!r}: {err}") from err
+    options = PipelineOptions(args)
+    try:
+        options.get_all_options()  # parses every option now, not when the pipeline starts
+    except SystemExit as err:  # argparse rejects a value by exiting; it printed why
+        raise ValueError(f"Beam pipeline options {list(pipeline_args)}: a value is invalid "
+                         "(see the argparse error above)") from err
+    return options
+
+
 def run(teacher_path, unlabeled, output_dir, *, runner="DirectRunner", pipeline_args=(),
         split=None, data_dir=None, score_threshold=0.5, pixel_threshold=0.5, drop_empty=False,
         flip_tta=False, num_output_shards=None, batch_size=32, image_format="source",
@@ -78,13 +114,17 @@ def run(teacher_path, unlabeled, output_dir, *, runner="DirectRunner", pipeline_
 
     Returns:
         The merged manifest.
+
+    Raises:
+        ValueError: a bad argument, runner or Beam option (before any work), or an output
+            directory made with other settings.
     """
     _require_beam()
-    from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
     from rethink_tf.pseudo import teacher as teacher_lib  # pylint: disable=g-import-not-at-top
     labeler.check_arguments(score_threshold=score_threshold, pixel_threshold=pixel_threshold,
                             num_output_shards=num_output_shards, batch_size=batch_size,
                             image_format=image_format)
+    beam_options = pipeline_options(runner, pipeline_args)
     split = split or labeler.default_split(unlabeled)
     num_output_shards = int(num_output_shards or labeler.default_num_output_shards(1))
     teacher = teacher_lib.load_teacher(teacher_path)
@@ -103,8 +143,7 @@ def run(teacher_path, unlabeled, output_dir, *, runner="DirectRunner", pipeline_
                "flip_tta": flip_tta, "num_output_shards": num_output_shards,
                "batch_size": batch_size, "image_format": image_format}
     if pending:
-        pipeline_options = PipelineOptions([f"--runner={runner}", *pipeline_args])
-        with beam.Pipeline(options=pipeline_options) as pipeline:
+        with beam.Pipeline(options=beam_options) as pipeline:
             _ = (pipeline
                  | "Shards" >> beam.Create(pending)
                  | "Distribute" >> beam.Reshuffle()

@@ -8,6 +8,7 @@ from PIL import Image
 
 from rethink_tf.data import coco_json
 from rethink_tf.data import example as ex
+from rethink_tf.data import image_folder
 from rethink_tf.data import sources
 
 
@@ -149,16 +150,18 @@ def test_zero_size_boxes_are_dropped(tmp_path):
     np.testing.assert_allclose(_by_id(sources.load(name, "all"))["11"]["boxes"], [[4, 4, 6, 9]])
 
 
-def test_size_mismatch_and_corrupt_image_fail_naming_the_image(tmp_path):
+def test_size_mismatch_fails_and_a_corrupt_image_is_skipped_and_counted(tmp_path):
     images = [{"id": 11, "file_name": "a.png", "height": 31, "width": 40}]
     name, _, _ = _write_dataset(tmp_path, images=images, annotations=[])
     with pytest.raises(Exception, match=r"image id 11: the JSON says 31x40 but .*a.png.* is 30x40"):
         list(sources.load(name, "all"))
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not an image")
-    images = [{"id": 3, "file_name": "broken.jpg"}]
-    name, _, _ = _write_dataset(tmp_path, images=images, annotations=[])
-    with pytest.raises(Exception, match=r"image id 3: cannot decode .*broken.jpg"):
-        list(sources.load(name, "all"))
+    images = [{"id": 3, "file_name": "broken.jpg"}, {"id": 4, "file_name": "a.png"}]
+    _, ann, image_dir = _write_dataset(tmp_path, images=images, annotations=[])
+    counter = image_folder.SkipCounter()
+    got = [e["source_id"].numpy() for e in coco_json.load(ann, image_dir, skip_counter=counter)]
+    assert got == [b"4"] and counter.count == 1
+    assert "image id 3" in next(iter(counter.paths.values()))
 
 
 def test_compressed_rle_masks_and_boxes_outside_the_image(tmp_path):

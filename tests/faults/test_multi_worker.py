@@ -1,0 +1,144 @@
+"""Multi-worker training for real: 2 local processes, `MultiWorkerMirroredStrategy`.
+
+Two workers with `TF_CONFIG` on loopback ports (`config.strategy = "multi_worker"`, one shared
+workdir, as on a cluster with a shared file system) train the tiny detector 3 steps from the
+same weights as one process does, on the same global batches (`multi_worker_job.py`). The
+weights after the steps agree with the single process's: every weight's update within
+`UPDATE_RTOL` of its norm (float sums in another order, cross-worker all-reduce, synchronised
+batch norm and the loss normalisers' cross-replica sums); both workers hold the same
+weights; only the chief wrote checkpoints, metrics and TensorBoard events.
+
+Today `model.fit` under `MultiWorkerMirroredStrategy` fails in Keras 3 itself (both workers
+exit at the first step: keras-team/keras#20585), so the test is an expected failure until the
+workarounds in `_KERAS_MWMS` land. With them applied (measured by patching Keras in the
+worker), the 2-worker run matches the single process to a relative update difference of
+7e-5 (worst weight), the workers' weights are identical, checkpoints and metrics are written
+once; but the non-chief worker also writes TensorBoard event files into the shared workdir,
+and at its end it reads metrics.json, racing the chief that writes it.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import distributed_step  # tests/distributed_step.py  # pylint: disable=g-bad-import-order
+import multi_worker_job  # tests/faults/  # pylint: disable=g-bad-import-order
+from faults_helpers import detection_config  # pylint: disable=g-bad-import-order
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+STEPS = 3
+UPDATE_RTOL = 1e-3  # measured 7e-5 (with the Keras workarounds): float32 sums reordered
+
+
+def free_ports(n):
+    """`n` loopback ports free right now."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def save_global_batches(config, directory):
+    """The first STEPS global batches of the single-process input pipeline, saved."""
+    from rethink_tf.training import tasks  # pylint: disable=g-import-not-at-top
+    batches = tasks.train_dataset(config, tasks.dataset_info(config),
+                                  int(config.train.batch_size)).take(STEPS)
+    batches.save(directory)
+    return directory
+
+
+def initial_weights(config, workdir):
+    """The weights `init=teacher:<workdir>` starts from, in `model.get_weights()` order."""
+    from rethink_tf.training import checkpoints  # pylint: disable=g-import-not-at-top
+    from rethink_tf.training import tasks  # pylint: disable=g-import-not-at-top
+    return tasks.build_restored_model(
+        config, checkpoints.find_checkpoint(workdir, "best")).get_weights()
+
+
+def load_weights(path):
+    with np.load(path) as f:
+        return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+_KERAS_MWMS = (
+    "needs lead change (rethink_tf/training/trainer.py or a shared model base in models/): "
+    "(1) Keras 3's TensorFlowTrainer._maybe_symbolic_build calls strategy.reduce('MEAN', "
+    "<nested first batch>, axis=None), which MultiWorkerMirroredStrategy cannot do "
+    "('Attempt to convert a value (PerReplica...) to a Tensor'): override it to build from "
+    "`strategy.experimental_local_results(v)[0]` of each leaf; (2) Keras 3's "
+    "reduce_per_replica reduces the step's scalar logs with strategy.reduce('MEAN', v, "
+    "axis=0) under MWMS ('Invalid reduction dimension 0 for input with 0 dimensions'): set "
+    "`model.distribute_reduction_method = 'first'` under multi_worker (or 'sum' and divide by "
+    "num_replicas_in_sync) -- both keras-team/keras#20585; (3) trainer.train creates the "
+    "TensorBoard writers on every worker: use tf.summary.create_noop_writer() when not "
+    "run.chief; (4) at its end trainer.train reads workdir/metrics.json on every worker, "
+    "which races the chief's write on a shared workdir (FileNotFoundError on the non-chief, "
+    "seen) and never exists on a worker's own disk: a non-chief must return the metrics its "
+    "own evaluation computed")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_KERAS_MWMS)
+def test_two_workers_train_as_one_process_and_only_the_chief_writes(
+        tmp_path, trained_workdir, digit_scenes_data_dir):
+    from rethink_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
+    config = detection_config(digit_scenes_data_dir)
+    config.train.steps = STEPS
+    config.train.checkpoint_every = STEPS
+    config.init = f"teacher:{trained_workdir}"  # both runs start from these weights
+    batches = save_global_batches(config, str(tmp_path / "batches"))
+    single_config = config_lib.to_dict(config)
+
+    # Two processes, one shared workdir.
+    config.strategy = "multi_worker"
+    cluster = {"worker": [f"localhost:{p}" for p in free_ports(2)]}
+    workdir = str(tmp_path / "multi")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TFDS_DATA_DIR": digit_scenes_data_dir,
+           "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    workers = []
+    for index in range(2):
+        spec = {"config": config_lib.to_dict(config), "workdir": workdir, "batches": batches,
+                "weights": str(tmp_path / f"worker{index}.npz"),
+                "tf_config": {"cluster": cluster, "task": {"type": "worker", "index": index}}}
+        workers.append(subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "multi_worker_job.py"), json.dumps(spec)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for worker in workers:
+            outputs.append(worker.communicate(timeout=420)[0])
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    for index, (worker, output) in enumerate(zip(workers, outputs)):
+        assert worker.returncode == 0, f"worker {index} exited {worker.returncode}:\n" + (
+            output[-4000:])
+
+    # One process, the default strategy, on the same global batches.
+    multi_worker_job.run({"config": single_config, "workdir": str(tmp_path / "single"),
+                          "batches": batches, "weights": str(tmp_path / "single.npz")})
+    initial = initial_weights(config, trained_workdir)
+    reference = load_weights(str(tmp_path / "single.npz"))
+    chief, other = (load_weights(str(tmp_path / f"worker{i}.npz")) for i in range(2))
+    for a, b in zip(chief, other):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    distributed_step.assert_updates_match(initial, [(None, reference), (None, chief)],
+                                          rtol=UPDATE_RTOL)
+
+    # Only the chief (worker 0) wrote: checkpoints and metrics once, events from its pid.
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        assert json.load(f)["step"] == STEPS
+    assert os.path.exists(os.path.join(workdir, "checkpoints", f"ckpt-{STEPS}.index"))
+    writers = {name.split(".")[-3] for root, _, files in os.walk(os.path.join(workdir, "tb"))
+               for name in files if name.startswith("events.out.tfevents")}
+    assert writers == {str(workers[0].pid)}, (
+        f"TensorBoard events from pids {writers}; the chief is {workers[0].pid}")
