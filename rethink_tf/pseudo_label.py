@@ -147,7 +147,8 @@ def _settings_from_flags():
 
 
 def main(argv):
-    del argv
+    # Everything after `--` is Apache Beam's (--runner only): e.g. `-- --project=P --region=R`.
+    pipeline_args = list(argv[1:])
     import json  # pylint: disable=g-import-not-at-top
     from rethink_tf import cli  # pylint: disable=g-import-not-at-top
     cli.quiet_logs()
@@ -174,8 +175,12 @@ def main(argv):
                                  "--num_shards/--shard_index")
         from rethink_tf.pseudo import beam_pipeline  # pylint: disable=g-import-not-at-top
         manifest = beam_pipeline.run(_TEACHER.value, unlabeled, _OUTPUT.value,
-                                     runner=_RUNNER.value, **common)
+                                     runner=_RUNNER.value, pipeline_args=pipeline_args,
+                                     **common)
     else:
+        if pipeline_args:
+            raise app.UsageError(f"arguments {pipeline_args} are Beam pipeline options: they "
+                                 "need --runner")
         manifest = labeler.pseudo_label(_TEACHER.value, unlabeled, _OUTPUT.value,
                                         task=settings["task"], num_shards=_NUM_SHARDS.value,
                                         shard_index=_SHARD_INDEX.value,

@@ -281,6 +281,8 @@ def evaluate_workdir(workdir, split=None, checkpoint="best", num_images=None):
     Returns:
       The metrics dict.
     """
+    if num_images is not None and num_images < 0:
+        raise ValueError(f"num_images must be >= 0 (0 = all), got {num_images}")
     config = config_lib.load(workdir)
     split = split or config.dataset.eval_split
     _setup(config)
