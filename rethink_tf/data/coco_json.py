@@ -240,19 +240,7 @@ def load(annotation_file: str, image_dir: str, *, keep_crowd: bool = False,
         tf.constant(counts[selected], tf.int64)))
     if shuffle:
         ds = ds.shuffle(max(1, len(selected)), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.filter(_is_readable).map(_drop_readable_flag)
-
-
-def _is_readable(example, ok):
-    # Named, not lambdas: AutoGraph cannot parse two lambdas on one line and warns users.
-    del example
-    return ok
-
-
-def _drop_readable_flag(example, ok):
-    del ok
-    return example
+    return image_folder.keep_readable(ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE))
 
 
 def _parse_size(img: dict, annotation_file: str) -> tuple[int, int]:

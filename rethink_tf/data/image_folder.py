@@ -136,8 +136,12 @@ def load(pattern: str, *, skip_counter: SkipCounter | None = None,
         (tf.constant(paths, tf.string), tf.constant(ids, tf.string)))
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.filter(_is_readable).map(_drop_readable_flag)
+    return keep_readable(ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE))
+
+
+def keep_readable(decoded):
+    """(example, ok) pairs -> the examples whose image decoded (the others were counted)."""
+    return decoded.filter(_is_readable).map(_drop_readable_flag)
 
 
 def _is_readable(example, ok):
