@@ -19,14 +19,25 @@ Configs (`DigitScenesConfig`):
 - `classification`: 64x64 RGB images of one digit; features `image`, `image/id`,
   `image/filename`, `label` (ClassLabel '0'..'9'); splits `train` (20,000), `validation`
   (1,000), `test` (1,000).
-- `detection_tiny`, `classification_tiny`: the same with tens of examples per split, for tests
-  (`tiny_config(task)`).
+- `glyphs`: the pre-training corpus with its own label space ("ImageNet" to the scenes'
+  "COCO"): 64x64 RGB images of one typeset alphanumeric (62 classes `0-9`, `A-Z`, `a-z`; class
+  c < 10 is digit c) in one of 22 fonts that ship with matplotlib (DejaVu, STIX, Computer
+  Modern; regular, bold, italic), with a random affine, stroke width and colour, on the same
+  photos (see `glyphs`). Features `image`, `image/id`, `image/filename`, `label` (ClassLabel
+  of the 62 characters), `font` (the font file's name, e.g. `DejaVuSerif-BoldItalic`).
+  Splits: `train` (50,000), `unlabeled` (20,000; labels kept in the record, as the detection
+  `unlabeled` split keeps its ground truth, but unlabeled use reads only the images),
+  `validation` (5,000), `test` (5,000). No MNIST digit appears in it.
+- `detection_tiny`, `classification_tiny`, `glyphs_tiny`: the same with tens of examples per
+  split, for tests (`tiny_config(task)`).
 
 Digit size: the longer side of a digit's unoccluded mask box is drawn uniformly from
 `digit_size_range`, (24, 64) px inclusive for `detection` (suits a RetinaNet whose smallest
 anchor is 16-24 px) and (24, 56) px for `classification` (the same range capped to fit 64x64
 with room to move). Occlusion never shrinks a visible box's longer side below the minimum, so
-every detection box has its longer side in the range.
+every detection box has its longer side in the range. Glyph size: the font's em size is drawn
+from `font_size_range`, (28, 52) px for `glyphs` (capitals about 20-38 px tall, lowercase
+letters smaller, as in print); a glyph that would not fit after its affine is scaled down.
 
 Digit pools (disjoint, stratified by class, fixed by `pool_seed`; per class out of 500):
 `labeled` (100) -> detection `train`; `unlabeled` (250) -> detection `unlabeled` AND
@@ -37,7 +48,11 @@ Every split of >= 10 examples holds every class by construction (stratified clas
 Determinism: a split's plan (which digits go in which example) comes from
 `numpy.random.default_rng([seed, split_offset])` and example i is rendered with
 `numpy.random.default_rng([seed, split_offset, i])`, so the output depends only on the config,
-never on worker order.
+never on worker order (glyphs: also on the fonts and FreeType of the installed wheels).
+
+Horizontal flips: no config of this builder keeps its labels under a mirror (a mirrored 2, 3,
+5, 7, 9, J or b is another glyph or none), which `sources.hflip_keeps_labels` declares, so
+training leaves flips out here.
 
 Custom sizes: give the config a new name (TFDS refuses a custom config named like a built-in
 one) and pass it to the builder:
@@ -49,6 +64,8 @@ one) and pass it to the builder:
 Build cost, measured on 2 shared CPU cores in one process (load average ~2): default
 `detection` 26,000 scenes in 159 s, 239 MB on disk; default `classification` 22,000 images in
 29 s, 58 MB; each tiny config in about a second (plus ~4 s to load MNIST and the photos once).
+Default `glyphs`, 80,000 images in one process: 314 s wall (225 s of CPU) while other jobs kept
+the load average at 3.5-5, 218 MB on disk.
 """
 import dataclasses
 import io
@@ -58,10 +75,15 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from rethink_tf.data import glyphs
 from rethink_tf.data import scene_render
 
+# The digit tasks (whose tiny configs the test fixtures build) and the glyph corpus.
 TASKS = ("detection", "classification")
+GLYPHS = "glyphs"
+CONFIG_TASKS = TASKS + (GLYPHS,)
 CLASS_NAMES = tuple(str(c) for c in range(scene_render.NUM_CLASSES))
+GLYPH_SPLITS = ("train", "unlabeled", "validation", "test")
 # Which digit pool feeds each split (see the module docstring).
 SPLIT_POOLS = {
     "detection": {"train": "labeled", "unlabeled": "unlabeled", "validation": "validation",
@@ -72,6 +94,7 @@ SPLIT_POOLS = {
 _SPLIT_OFFSETS = {
     "detection": {"train": 0, "unlabeled": 1, "validation": 2, "test": 3},
     "classification": {"train": 10, "validation": 11, "test": 12},
+    GLYPHS: {"train": 20, "unlabeled": 21, "validation": 22, "test": 23},
 }
 # Image ids are unique over all splits: split offset times this plus the index.
 _ID_STRIDE = 10_000_000
@@ -84,10 +107,12 @@ class DigitScenesConfig(tfds.core.BuilderConfig):
     """Configuration of one `digit_scenes` variant.
 
     Attributes:
-        task: 'detection' (multi-digit scenes) or 'classification' (one digit per image).
+        task: 'detection' (multi-digit scenes), 'classification' (one digit per image) or
+            'glyphs' (one typeset alphanumeric per image, 62 classes).
         image_size: side of the square images in pixels.
         num_train: examples in `train`.
-        num_unlabeled: scenes in `unlabeled` (detection only; must be 0 for classification).
+        num_unlabeled: examples in `unlabeled` (detection and glyphs; must be 0 for
+            classification).
         num_validation: examples in `validation`.
         num_test: examples in `test`.
         seed: seed of the generation (plans and renders).
@@ -95,6 +120,7 @@ class DigitScenesConfig(tfds.core.BuilderConfig):
         min_digits: fewest digits per detection scene.
         max_digits: most digits per detection scene (fewer may be kept if they cannot be placed).
         digit_size_range: (min, max) inclusive longer side of a digit's box in pixels.
+        font_size_range: (min, max) inclusive em size of a glyph in pixels (glyphs only).
         min_visible_fraction: share of its pixels an occluded digit must keep.
         max_iou: largest box IoU between digits of one scene.
     """
@@ -110,14 +136,16 @@ class DigitScenesConfig(tfds.core.BuilderConfig):
     min_digits: int = 1
     max_digits: int = 6
     digit_size_range: tuple = scene_render.DEFAULT_DIGIT_SIZE_RANGE
+    font_size_range: tuple = (28, 52)
     min_visible_fraction: float = 0.7
     max_iou: float = 0.3
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"DigitScenesConfig.task must be one of {TASKS}, got {self.task!r}")
+        if self.task not in CONFIG_TASKS:
+            raise ValueError(f"DigitScenesConfig.task must be one of {CONFIG_TASKS}, got "
+                             f"{self.task!r}")
         low, high = self.digit_size_range
-        if not 1 <= low <= high <= self.image_size:
+        if self.task != GLYPHS and not 1 <= low <= high <= self.image_size:
             raise ValueError(f"DigitScenesConfig.digit_size_range {self.digit_size_range} must "
                              f"satisfy 1 <= min <= max <= image_size ({self.image_size})")
         for field in ("num_train", "num_unlabeled", "num_validation", "num_test"):
@@ -126,6 +154,10 @@ class DigitScenesConfig(tfds.core.BuilderConfig):
         if self.task == "classification" and self.num_unlabeled:
             raise ValueError("DigitScenesConfig.num_unlabeled must be 0 for classification: its "
                              "train split already is the unlabeled pool")
+        low, high = self.font_size_range
+        if not 1 <= low <= high:
+            raise ValueError(f"DigitScenesConfig.font_size_range {self.font_size_range} must "
+                             "satisfy 1 <= min <= max")
         if not 1 <= self.min_digits <= self.max_digits < _MAX_OBJECTS:
             raise ValueError(f"DigitScenesConfig needs 1 <= min_digits ({self.min_digits}) <= "
                              f"max_digits ({self.max_digits}) < {_MAX_OBJECTS}")
@@ -135,11 +167,12 @@ class DigitScenesConfig(tfds.core.BuilderConfig):
         """Dict split name -> number of examples."""
         sizes = {"train": self.num_train, "unlabeled": self.num_unlabeled,
                  "validation": self.num_validation, "test": self.num_test}
-        return {split: sizes[split] for split in SPLIT_POOLS[self.task]}
+        names = GLYPH_SPLITS if self.task == GLYPHS else SPLIT_POOLS[self.task]
+        return {split: sizes[split] for split in names}
 
 
 def _builtin_configs():
-    """The named configs: two defaults and their tiny versions for tests."""
+    """The named configs: three defaults and their tiny versions for tests."""
     detection = DigitScenesConfig(
         name="detection", description="128x128 scenes of 1-6 MNIST digits on photos.")
     classification = DigitScenesConfig(
@@ -153,7 +186,15 @@ def _builtin_configs():
         classification, name="classification_tiny",
         description="Tiny classification config for tests.",
         num_train=32, num_validation=16, num_test=16)
-    return [detection, classification, tiny_detection, tiny_classification]
+    glyph_corpus = DigitScenesConfig(
+        name=GLYPHS, description="64x64 images of one of 62 typeset alphanumerics on a photo.",
+        task=GLYPHS, image_size=64, num_train=50000, num_unlabeled=20000,
+        num_validation=5000, num_test=5000)
+    tiny_glyphs = dataclasses.replace(
+        glyph_corpus, name=f"{GLYPHS}_tiny", description="Tiny glyph corpus for tests.",
+        num_train=124, num_unlabeled=31, num_validation=31, num_test=31)
+    return [detection, classification, glyph_corpus, tiny_detection, tiny_classification,
+            tiny_glyphs]
 
 
 def _encode(array, image_format):
@@ -170,7 +211,7 @@ def _encode(array, image_format):
 
 
 class DigitScenes(tfds.core.GeneratorBasedBuilder):
-    """Real MNIST digits composed onto real photographs: detection and classification."""
+    """Real MNIST digits (and typeset glyphs) on real photographs: detection, classification."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -191,7 +232,11 @@ class DigitScenes(tfds.core.GeneratorBasedBuilder):
             "image/id": np.int64,
             "image/filename": tfds.features.Text(),
         }
-        if config.task == "detection":
+        if config.task == GLYPHS:
+            features = dict(common, label=tfds.features.ClassLabel(names=glyphs.CLASS_NAMES),
+                            font=tfds.features.Text())
+            supervised_keys = ("image", "label")
+        elif config.task == "detection":
             features = dict(common)
             features["objects"] = tfds.features.Sequence({
                 "id": np.int64,
@@ -220,6 +265,9 @@ class DigitScenes(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split):
         config = self.builder_config
+        if config.task == GLYPHS:
+            yield from _generate_glyphs(config, split)
+            return
         digits, labels = scene_render.load_mnist()
         textures = scene_render.load_textures()
         offset = _SPLIT_OFFSETS[config.task][split]
@@ -248,10 +296,14 @@ def split_plan(config, split):
     Returns:
         For detection, a list of int64 arrays (the digits tried in each scene, in paste order;
         a digit that cannot be placed is left out of the scene); for classification, an int64
-        array with one digit id per image. Ids index `scene_render.load_mnist()`.
+        array with one digit id per image. Ids index `scene_render.load_mnist()`. For glyphs,
+        an int64 array with one class id (index into `glyphs.CLASS_NAMES`) per image.
     """
     if split not in config.split_sizes:
         raise ValueError(f"split must be one of {list(config.split_sizes)}, got {split!r}")
+    if config.task == GLYPHS:
+        plan_rng = np.random.default_rng([config.seed, _SPLIT_OFFSETS[GLYPHS][split]])
+        return glyphs.plan_labels(plan_rng, config.split_sizes[split])
     _, labels = scene_render.load_mnist()
     pool = scene_render.split_digit_pools(labels, config.pool_seed)[
         SPLIT_POOLS[config.task][split]]
@@ -261,6 +313,21 @@ def split_plan(config, split):
         return scene_render.plan_scenes(plan_rng, pool, labels, count, config.min_digits,
                                         config.max_digits)
     return scene_render.plan_singles(plan_rng, pool, labels, count)
+
+
+def _generate_glyphs(config, split):
+    """Yields (key, example) of one split of the glyph corpus."""
+    fonts = glyphs.load_fonts()
+    textures = scene_render.load_textures()
+    offset = _SPLIT_OFFSETS[GLYPHS][split]
+    for index, label in enumerate(split_plan(config, split)):
+        rng = np.random.default_rng([config.seed, offset, index])
+        image, font = glyphs.render_glyph(rng, int(label), fonts, textures, config.image_size,
+                                          config.font_size_range)
+        filename = f"{split}/{index:06d}"
+        yield filename, {"image": _encode(image, "jpeg"), "image/id": offset * _ID_STRIDE + index,
+                         "image/filename": filename, "label": int(label),
+                         "font": glyphs.font_name(fonts[font])}
 
 
 def _detection_record(rng, plan, digits, labels, textures, config, image_id):
@@ -286,16 +353,17 @@ def tiny_config(task, seed=None):
     """Returns the tiny config of `task` used by tests.
 
     Args:
-        task: 'detection' or 'classification'.
+        task: 'detection', 'classification' or 'glyphs'.
         seed: None for the registered `<task>_tiny` config (seed 0); another seed gives a custom
             config named `<task>_tiny_seed<seed>` (TFDS needs distinct names for distinct data).
 
     Returns:
         A `DigitScenesConfig`: detection has 24 train / 48 unlabeled / 16 validation / 16 test
-        scenes; classification 32 train / 16 validation / 16 test images.
+        scenes; classification 32 train / 16 validation / 16 test images; glyphs 124 train /
+        31 unlabeled / 31 validation / 31 test images.
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if task not in CONFIG_TASKS:
+        raise ValueError(f"task must be one of {CONFIG_TASKS}, got {task!r}")
     config = DigitScenes.builder_configs[f"{task}_tiny"]
     if seed is None or seed == config.seed:
         return config

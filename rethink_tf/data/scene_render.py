@@ -39,7 +39,7 @@ TEXTURE_NAMES = ("brick", "grass", "gravel", "coffee", "rocket", "astronaut", "c
                  "coins", "camera", "moon", "hubble_deep_field", "immunohistochemistry",
                  "retina", "cell", "clock")
 # ITU-R BT.601 luma weights: contrast is judged on perceived brightness.
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _MIN_LUMA_CONTRAST = 0.45
 _MAX_TEXTURE_SIDE = 512
 
@@ -167,7 +167,7 @@ def random_background(rng, textures, size):
     return np.ascontiguousarray(background, dtype=np.float32)
 
 
-def _tight_box(mask):
+def tight_box(mask):
     """Returns (ymin, xmin, ymax, xmax) of the True pixels, ends exclusive; None if empty."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
@@ -188,7 +188,7 @@ def prepare_digit(digit, size, aspect=1.0):
         (alpha float32 [h, w] in [0, 1], mask bool [h, w]) where the mask is `alpha >= 0.5`
         and its tight box spans the whole array, so max(h, w) == size.
     """
-    box = _tight_box(np.asarray(digit) >= MASK_THRESHOLD)
+    box = tight_box(np.asarray(digit) >= MASK_THRESHOLD)
     if box is None:
         raise ValueError("digit has no pixel >= 0.5; cannot scale it")
     # One pixel of context keeps the anti-aliased rim of the strokes for blending.
@@ -203,7 +203,7 @@ def prepare_digit(digit, size, aspect=1.0):
         out_w = max(1, round(crop.shape[1] * scale * aspect))
         alpha = np.asarray(source.resize((out_w, out_h), Image.BILINEAR), np.float32)
         mask = alpha >= MASK_THRESHOLD
-        tight = _tight_box(mask)
+        tight = tight_box(mask)
         if tight is not None:
             longer = max(tight[2] - tight[0], tight[3] - tight[1])
             if best is None or abs(longer - size) < abs(best[0] - size):
@@ -218,7 +218,7 @@ def prepare_digit(digit, size, aspect=1.0):
         alpha = _fit_longer_side(alpha, size)
     alpha = np.clip(alpha, 0.0, 1.0)
     mask = alpha >= MASK_THRESHOLD
-    tight = _tight_box(mask)
+    tight = tight_box(mask)
     return alpha[tight[0]:tight[2], tight[1]:tight[3]], mask[tight[0]:tight[2], tight[1]:tight[3]]
 
 
@@ -249,7 +249,7 @@ def contrasting_colour(rng, background_luma):
     else:
         target = rng.uniform(min(1.0, background_luma + _MIN_LUMA_CONTRAST), 1.0)
     base = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
-    luma = float(base @ _LUMA)
+    luma = float(base @ LUMA)
     # Luma is linear in RGB: scaling toward black or mixing toward white hits the target exactly.
     if luma > target:
         colour = base * (target / max(luma, 1e-6))
@@ -258,8 +258,8 @@ def contrasting_colour(rng, background_luma):
     return np.clip(colour, 0.0, 1.0).astype(np.float32)
 
 
-def _paste(image, alpha, y, x, colour):
-    """Alpha-blends one coloured digit onto `image` in place."""
+def paste(image, alpha, y, x, colour):
+    """Alpha-blends one coloured shape (alpha float [h, w]) onto `image` at (y, x), in place."""
     height, width = alpha.shape
     region = image[y:y + height, x:x + width]
     a = alpha[..., None]
@@ -330,8 +330,8 @@ def render_scene(rng, digits, digit_ids, labels, textures, image_size=128,
         for k, box in updated.items():
             boxes[k] = box
         region = image[y:y + height, x:x + width]
-        luma = float((region[mask] @ _LUMA).mean())
-        _paste(image, alpha, y, x, contrasting_colour(rng, luma))
+        luma = float((region[mask] @ LUMA).mean())
+        paste(image, alpha, y, x, contrasting_colour(rng, luma))
         instances[y:y + height, x:x + width][mask] = len(boxes) + 1
         boxes.append(new_box)
         full_boxes.append(new_box)
@@ -361,7 +361,7 @@ def _occluded_boxes(instances, mask, y, x, full_areas, boxes, min_visible_fracti
             return None
         visible = instances == k + 1
         visible[y:y + height, x:x + width] &= ~mask
-        box = _tight_box(visible)
+        box = tight_box(visible)
         if max(box[2] - box[0], box[3] - box[1]) < min_size:
             return None
         updated[int(k)] = box
@@ -391,20 +391,21 @@ def render_single(rng, digit, textures, image_size=64, size_range=(24, 56)):
     height, width = mask.shape
     y = int(rng.integers(image_size - height + 1))
     x = int(rng.integers(image_size - width + 1))
-    luma = float((image[y:y + height, x:x + width][mask] @ _LUMA).mean())
-    _paste(image, alpha, y, x, contrasting_colour(rng, luma))
+    luma = float((image[y:y + height, x:x + width][mask] @ LUMA).mean())
+    paste(image, alpha, y, x, contrasting_colour(rng, luma))
     image_u8 = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
     return image_u8, np.array([y, x, y + height, x + width], np.int32)
 
 
-def stratified_classes(rng, count):
-    """Returns int64 [count] classes: consecutive shuffled rounds of all 10 classes.
+def stratified_classes(rng, count, num_classes=NUM_CLASSES):
+    """Returns int64 [count] classes: consecutive shuffled rounds of all `num_classes` classes.
 
-    Each aligned block of 10 entries holds every class once, so `count >= 10` puts every class
-    in the sequence by construction.
+    Each aligned block of `num_classes` entries holds every class once, so
+    `count >= num_classes` puts every class in the sequence by construction.
     """
-    rounds = -(-count // NUM_CLASSES)
-    return np.concatenate([rng.permutation(NUM_CLASSES) for _ in range(max(rounds, 1))])[:count]
+    rounds = -(-count // num_classes)
+    return np.concatenate([rng.permutation(num_classes)
+                           for _ in range(max(rounds, 1))])[:count].astype(np.int64)
 
 
 class DigitCycler:
