@@ -5,6 +5,12 @@
   S3: AutoAugment + large scale jitter [0.5, 2.0] + flip + crop
   S4: RandAugment (2 layers, magnitude 10) + large scale jitter [0.5, 2.0] + flip + crop
 
+The flip is the dataset's to allow: `augment(..., hflip=False)` (from
+`sources.hflip_keeps_labels`) leaves it out of every policy, for data whose labels a mirror
+changes (digits, letters); nothing else about the policy changes (the flip's seed is still
+split off, so the other decisions stay what they are with the flip on). No op of the
+AutoAugment or RandAugment tables mirrors.
+
 Built on tf-models-official (`official.vision.ops`): its AutoAugment and RandAugment policy
 tables and magnitude-to-argument rules, its colour ops, its projective `transform`, and
 `preprocess_ops.resize_and_crop_image` for scale jitter. What is ours is the part those ops do
@@ -528,7 +534,7 @@ def _finish(state, output_size, mask_class_offset):
     return state
 
 
-def augment(state, policy, output_size, *, mask_class_offset=None, seed=None):
+def augment(state, policy, output_size, *, mask_class_offset=None, seed=None, hflip=True):
     """Applies augmentation strength `policy` (s1..s4) to one canonical example.
 
     Args:
@@ -539,6 +545,9 @@ def augment(state, policy, output_size, *, mask_class_offset=None, seed=None):
         mask pixels of class `c + mask_class_offset` after geometry.
       seed: int [2] stateless seed; the output is a pure function of it (one is drawn from
         the global generator when None).
+      hflip: the policy's random horizontal flip; False for data whose labels a mirror
+        changes (`sources.hflip_keeps_labels`). With False, an example comes out exactly as
+        with True whenever the flip's coin says "no flip", and is never mirrored.
 
     Returns:
       The augmented example at `output_size`, plus `image_info`.
@@ -554,7 +563,8 @@ def augment(state, policy, output_size, *, mask_class_offset=None, seed=None):
     elif policy == "s4":
         state = randaugment_detection(state, policy_seed)
         state = _clip_mid(state)
-    state = random_horizontal_flip(state, seed=flip_seed)
+    if hflip:
+        state = random_horizontal_flip(state, seed=flip_seed)
     scale_min, scale_max = SCALE_RANGES[policy]
     state = resize_and_crop(state, output_size, scale_min, scale_max, seed=resize_seed)
     return _finish(state, output_size, mask_class_offset)
@@ -574,7 +584,8 @@ def eval_resize(state, output_size):
     return _finish(state, output_size, None)
 
 
-def make_augment_fn(policy, output_size, *, training=True, mask_class_offset=None):
+def make_augment_fn(policy, output_size, *, training=True, mask_class_offset=None,
+                    hflip=True):
     """Returns `fn(example, seed=None) -> example` for `tf.data.Dataset.map`.
 
     Args:
@@ -582,6 +593,7 @@ def make_augment_fn(policy, output_size, *, training=True, mask_class_offset=Non
       output_size: (height, width).
       training: False gives the evaluation resize-and-pad.
       mask_class_offset: see `augment`.
+      hflip: whether the policy may flip horizontally (see `augment`).
     """
     if training and policy not in POLICIES:
         raise ValueError(f"augment policy {policy!r} is not one of {POLICIES}")
@@ -589,6 +601,6 @@ def make_augment_fn(policy, output_size, *, training=True, mask_class_offset=Non
     def fn(example, seed=None):
         if training:
             return augment(example, policy, output_size, mask_class_offset=mask_class_offset,
-                           seed=seed)
+                           seed=seed, hflip=hflip)
         return eval_resize(example, output_size)
     return fn

@@ -82,7 +82,7 @@ def _select_keys(example, task):
 
 
 def preprocess(examples, task, *, image_size, policy="s1", training=True,
-               max_boxes=DEFAULT_MAX_BOXES, mask_class_offset=None, seed=None):
+               max_boxes=DEFAULT_MAX_BOXES, mask_class_offset=None, seed=None, hflip=True):
     """Maps canonical examples to augmented, unbatched model examples.
 
     Args:
@@ -98,6 +98,9 @@ def preprocess(examples, task, *, image_size, policy="s1", training=True,
         seed `example_seed(seed, counter)`, so the output is a pure function of the input
         pairs and the map stays deterministic however parallel. None: seeds are drawn from
         the global generator (and training output order is not deterministic).
+      hflip: whether the policy may flip horizontally; pass
+        `sources.hflip_keeps_labels(dataset name)` (False for `digit_scenes`, whose digits and
+        glyphs a mirror turns into other glyphs). Only the flip is affected.
 
     Returns:
       `tf.data.Dataset` of unbatched model examples.
@@ -113,10 +116,10 @@ def preprocess(examples, task, *, image_size, policy="s1", training=True,
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if task == "detection" and ex.MASK in spec and mask_class_offset is not None:
         augment_fn = augment_lib.make_augment_fn(
-            policy, size, training=training, mask_class_offset=mask_class_offset)
+            policy, size, training=training, mask_class_offset=mask_class_offset, hflip=hflip)
         select = lambda e: {k: v for k, v in e.items() if k != ex.LABEL}  # noqa: E731
     else:
-        augment_fn = augment_lib.make_augment_fn(policy, size, training=training)
+        augment_fn = augment_lib.make_augment_fn(policy, size, training=training, hflip=hflip)
         select = lambda e: _select_keys(e, task)  # noqa: E731
 
     if seed is None:
@@ -221,12 +224,13 @@ def batch(model_examples, batch_size, *, training=True, shuffle_buffer=1024, see
 
 def build_dataset(examples, task, *, image_size, batch_size, policy="s1", training=True,
                   max_boxes=DEFAULT_MAX_BOXES, shuffle_buffer=1024, seed=None,
-                  mask_class_offset=None, cache=False):
+                  mask_class_offset=None, cache=False, hflip=True):
     """Canonical examples -> batched Keras-CV inputs (train: shuffled, repeated, augmented).
 
     Args:
       examples: `tf.data.Dataset` of canonical examples.
-      task, image_size, policy, training, max_boxes, mask_class_offset: see `preprocess`.
+      task, image_size, policy, training, max_boxes, mask_class_offset, hflip: see
+        `preprocess`.
       batch_size: examples per batch (per replica when called from `distribute`).
       shuffle_buffer: shuffle buffer size (training).
       seed: shuffle seed.
@@ -239,7 +243,7 @@ def build_dataset(examples, task, *, image_size, batch_size, policy="s1", traini
         examples = examples.cache()
     model_examples = preprocess(examples, task, image_size=image_size, policy=policy,
                                 training=training, max_boxes=max_boxes,
-                                mask_class_offset=mask_class_offset)
+                                mask_class_offset=mask_class_offset, hflip=hflip)
     return batch(model_examples, batch_size, training=training, shuffle_buffer=shuffle_buffer,
                  seed=seed)
 

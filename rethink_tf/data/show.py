@@ -3,7 +3,12 @@ r"""Draws a grid of augmented examples with their boxes and masks: what the mode
   python -m rethink_tf.data.show --dataset=digit_scenes/detection --policy=s4 --out=grid.png
 
 Each cell is one augmented training example: boxes with class names over the image, and the
-segmentation mask (if the dataset has one) blended in colour, ignore pixels (255) in grey.
+segmentation mask (if the dataset has one) blended in colour, ignore pixels (255) in grey; a
+classification example has its class name in the top-left corner. Policies flip only where
+the dataset allows it (`sources.hflip_keeps_labels`), as training does.
+
+  python -m rethink_tf.data.show --dataset=digit_scenes/glyphs --policy=none --rows=6 \
+      --cols=12 --image_size=64 --out=glyphs_grid.png
 """
 
 import colorsys
@@ -22,7 +27,7 @@ def palette(num_classes):
 
 
 def draw_example(image, boxes=None, classes=None, mask=None, class_names=None,
-                 mask_alpha=0.45):
+                 mask_alpha=0.45, label=None):
     """Renders one example as a PIL image.
 
     Args:
@@ -30,8 +35,9 @@ def draw_example(image, boxes=None, classes=None, mask=None, class_names=None,
       boxes: float [N, 4] xyxy pixels (rows with class < 0 are padding and skipped).
       classes: int [N].
       mask: int [H, W] or [H, W, 1] class ids, 255 = ignore.
-      class_names: names of detection classes.
+      class_names: names of the classes (detection or classification).
       mask_alpha: opacity of the mask overlay.
+      label: a classification example's class id, written in the top-left corner.
 
     Returns:
       `PIL.Image`.
@@ -60,6 +66,13 @@ def draw_example(image, boxes=None, classes=None, mask=None, class_names=None,
             draw.rectangle([float(v) for v in box], outline=colour, width=1)
             name = class_names[cls] if class_names and cls < len(class_names) else str(cls)
             draw.text((float(box[0]) + 1, float(box[1])), name, fill=colour)
+    if label is not None:
+        label = int(label)
+        name = class_names[label] if class_names and label < len(class_names) else str(label)
+        draw = ImageDraw.Draw(pil)
+        # White text on a black tag reads on any background.
+        draw.rectangle([0, 0, 6 * len(name) + 2, 10], fill=(0, 0, 0))
+        draw.text((1, -1), name, fill=(255, 255, 255))
     return pil
 
 
@@ -74,8 +87,23 @@ def grid(cells, cols, pad=2):
 
 
 def render(dataset, split, policy, out, *, rows=4, cols=6, image_size=128, seed=0,
-           data_dir=None):
-    """Writes a grid of `rows * cols` augmented examples of `dataset` to `out` (PNG)."""
+           data_dir=None, hflip=None):
+    """Writes a grid of `rows * cols` augmented examples of `dataset` to `out` (PNG).
+
+    Args:
+      dataset: a source name (see `sources.load`).
+      split: the split to draw from.
+      policy: s1..s4, or 'none' for the evaluation resize.
+      out: the PNG path.
+      rows, cols: grid shape.
+      image_size: side of each cell.
+      seed: TensorFlow's global seed (the augmentations drawn).
+      data_dir: TFDS data dir.
+      hflip: whether policies may flip; None follows `sources.hflip_keeps_labels(dataset)`.
+
+    Returns:
+      `out`.
+    """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from rethink_tf.data import pipelines  # pylint: disable=g-import-not-at-top
     from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
@@ -87,33 +115,38 @@ def render(dataset, split, policy, out, *, rows=4, cols=6, image_size=128, seed=
     task = "detection" if "boxes" in spec else ("segmentation" if "mask" in spec else
                                                  "classification")
     class_names = list(src_info.class_names.get(task, ()))
+    if hflip is None:
+        hflip = sources.hflip_keeps_labels(dataset)
     if "mask" in spec and task == "detection":
         # The detection pipeline drops masks; augment them alongside so they can be drawn.
-        model_examples = _with_masks(examples, image_size, policy, src_info.mask_class_offset)
+        model_examples = _with_masks(examples, image_size, policy, src_info.mask_class_offset,
+                                     hflip)
     else:
         model_examples = pipelines.preprocess(
             examples, task, image_size=image_size, policy="s1" if policy == "none" else policy,
-            training=policy != "none")
+            training=policy != "none", hflip=hflip)
     cells = []
     for item in model_examples.take(rows * cols):
         item = tf.nest.map_structure(lambda t: t.numpy(), item)
         boxes = item.get("bounding_boxes", {}).get("boxes")
         classes = item.get("bounding_boxes", {}).get("classes")
         mask = item.get("segmentation_masks")
-        cells.append(draw_example(item["images"], boxes, classes, mask, class_names))
+        cells.append(draw_example(item["images"], boxes, classes, mask, class_names,
+                                  label=item.get("labels")))
     if not cells:
         raise ValueError(f"{dataset} split {split!r} is empty")
     grid(cells, cols).save(out)
     return out
 
 
-def _with_masks(examples, image_size, policy, mask_class_offset):
+def _with_masks(examples, image_size, policy, mask_class_offset, hflip=True):
     """Augments detection examples keeping their masks (for display only)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from rethink_tf.data import augment  # pylint: disable=g-import-not-at-top
     from rethink_tf.data import pipelines  # pylint: disable=g-import-not-at-top
     fn = augment.make_augment_fn("s1" if policy == "none" else policy, (image_size, image_size),
-                                 training=policy != "none", mask_class_offset=mask_class_offset)
+                                 training=policy != "none", mask_class_offset=mask_class_offset,
+                                 hflip=hflip)
 
     def to_cell(example):
         example = {k: v for k, v in example.items() if k in ("image", "boxes", "classes", "mask")}
@@ -144,6 +177,9 @@ def define_flags():
     flags.DEFINE_integer("image_size", 128, "Model input size in pixels.")
     flags.DEFINE_integer("seed", 0, "Random seed.")
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's).")
+    flags.DEFINE_enum("hflip", "auto", ["auto", "true", "false"],
+                      "Whether policies may flip horizontally; 'auto' follows the dataset "
+                      "(sources.hflip_keeps_labels).")
 
 
 def main(argv):
@@ -152,7 +188,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     path = render(FLAGS.dataset, FLAGS.split, FLAGS.policy, FLAGS.out, rows=FLAGS.rows,
                   cols=FLAGS.cols, image_size=FLAGS.image_size, seed=FLAGS.seed,
-                  data_dir=FLAGS.data_dir)
+                  data_dir=FLAGS.data_dir,
+                  hflip=None if FLAGS.hflip == "auto" else FLAGS.hflip == "true")
     print(f"wrote {path}")
 
 

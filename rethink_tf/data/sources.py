@@ -3,7 +3,7 @@
 `load(name, split)` is the one entry point. `name` is one of:
 
 - a TFDS name (`coco/2017`, `digit_scenes/detection`, `digit_scenes/classification`,
-  `imagenet2012`, `voc_sbd`, ...): the dataset's features are converted by kind:
+  `digit_scenes/glyphs`, `imagenet2012`, `voc_sbd`, ...): the dataset's features are converted by kind:
   `objects/{bbox,label}` -> detection (`boxes`, `classes`), `segmentation_mask` ->
   `mask`, a scalar `label` -> `label`. A dataset with only `image` serves as unlabeled
   images.
@@ -32,6 +32,12 @@ the first present of `image/filename`, `file_name`, `filename`, `image/id`, `id`
 dataset has none of them, TFDS's `tfds_id` (`<name>-<split>.<format>-<shard>__<index>`),
 which is stable for a given prepared dataset (TFDS writes shards deterministically) and
 unique. A content hash was rejected because identical images would collide.
+
+Horizontal flips: `hflip_keeps_labels(name)` says whether a mirrored image keeps its labels.
+It does not for `digit_scenes` (every config: its digits and typeset glyphs) nor for the other
+digit and character datasets of TFDS in `MIRROR_CHANGES_LABELS`; it does for COCO, VOC,
+ImageNet, `coco_json:` and `images:` data and everything else. Training passes it to
+`pipelines.preprocess(..., hflip=...)`, which leaves the flip out of every policy.
 
 `fraction` keeps the examples whose `to_hash_bucket_fast(source_id, 10000)` (FarmHash
 Fingerprint64, the same on every machine) is below `round(fraction * 10000)`, so a
@@ -70,6 +76,11 @@ COCO_CATEGORY_IDS = (
     50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74,
     75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
 
+
+# TFDS builders whose labels a horizontal mirror changes (a mirrored 2, 3, 5, 7, 9, J or b is
+# another glyph or none): digits and characters.
+MIRROR_CHANGES_LABELS = ("digit_scenes", "mnist", "emnist", "kmnist", "svhn_cropped",
+                         "omniglot")
 
 _SOURCE_ID_KEYS = ("image/filename", "file_name", "filename", "image/id", "id")
 _COCO_SOURCE_ID_KEYS = ("image/id", "image/filename")
@@ -175,6 +186,31 @@ def load(name: str, split: str, *, data_dir: str | None = None,
         ds = keep_images_only(ds)
     ex.check_example_spec(ds.element_spec, name)
     return ds
+
+
+def hflip_keeps_labels(name: str) -> bool:
+    """Whether a horizontally mirrored image of source `name` keeps its labels.
+
+    Args:
+        name: a source name as for `load` (TFDS name with or without config and version,
+            `coco_json:...`, `images:...`, `pseudo:...`).
+
+    Returns:
+        False for the TFDS builders in `MIRROR_CHANGES_LABELS` (`digit_scenes/detection`,
+        `digit_scenes/classification`, `digit_scenes/glyphs`, `mnist`, ...); True for
+        everything else (COCO, VOC, ImageNet, a user's `coco_json:` or `images:` data, pseudo
+        labels). Pseudo labels take the flip setting of the human data they train beside.
+
+    Raises:
+        ValueError: if `name` is empty.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"hflip_keeps_labels: source name must be a non-empty string, got "
+                         f"{name!r}")
+    if name.startswith((COCO_JSON_PREFIX, IMAGES_PREFIX, PSEUDO_PREFIX)):
+        return True
+    builder = name.strip().split("/")[0].split(":")[0].lower()
+    return builder not in MIRROR_CHANGES_LABELS
 
 
 def keep_images_only(ds: tf.data.Dataset) -> tf.data.Dataset:

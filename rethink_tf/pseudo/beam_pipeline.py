@@ -128,7 +128,7 @@ def run(teacher_path, unlabeled, output_dir, *, runner="DirectRunner", pipeline_
     split = split or labeler.default_split(unlabeled)
     num_output_shards = int(num_output_shards or labeler.default_num_output_shards(1))
     teacher = teacher_lib.load_teacher(teacher_path)
-    teacher.check_flip_tta(flip_tta)
+    labeler.check_flip_tta(teacher, unlabeled, flip_tta)
     if teacher.task == teacher_lib.DETECTION:
         teacher.set_score_threshold(score_threshold)
     labeler.prepare_output(teacher, {"source": unlabeled, "split": split}, output_dir,

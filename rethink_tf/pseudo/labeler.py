@@ -287,6 +287,23 @@ def prepare_output(teacher, unlabeled_desc, output_dir, *, score_threshold, pixe
     return settings
 
 
+def check_flip_tta(teacher, unlabeled, flip_tta):
+    """Raises ValueError (before any work) if `teacher` cannot label `unlabeled` with flip TTA:
+    the teacher cannot do it, or a mirror changes the labels of its data or of the images
+    (`sources.hflip_keeps_labels`; digit_scenes: a mirrored digit or glyph is another glyph)."""
+    teacher.check_flip_tta(flip_tta)
+    if not flip_tta:
+        return
+    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
+    if not teacher.flip_keeps_labels():
+        raise ValueError("flip_tta: the teacher learnt labels that a mirror changes (a mirrored "
+                         "digit or glyph is another glyph); label without flip test-time "
+                         "augmentation")
+    if isinstance(unlabeled, str) and not sources.hflip_keeps_labels(unlabeled):
+        raise ValueError(f"flip_tta: a mirrored image of {unlabeled} does not keep its labels; "
+                         "label without flip test-time augmentation")
+
+
 def pseudo_label(teacher, unlabeled, output_dir, *, task=None, split=None, data_dir=None,
                  score_threshold=0.5, pixel_threshold=0.5, drop_empty=False, flip_tta=False,
                  num_shards=1, shard_index=None, num_output_shards=None, batch_size=32,
@@ -340,7 +357,7 @@ def pseudo_label(teacher, unlabeled, output_dir, *, task=None, split=None, data_
         teacher = teacher_lib.load_teacher(os.fspath(teacher))
     if task is not None and task != teacher.task:
         raise ValueError(f"task={task!r} but the teacher is a {teacher.task} model")
-    teacher.check_flip_tta(flip_tta)
+    check_flip_tta(teacher, unlabeled, flip_tta)
     num_output_shards = int(num_output_shards or default_num_output_shards(num_shards))
     if teacher.task == teacher_lib.DETECTION:
         teacher.set_score_threshold(score_threshold)

@@ -136,6 +136,11 @@ class Teacher:
     def check_flip_tta(self, flip_tta: bool) -> None:
         """Raises ValueError if this teacher cannot do flip TTA (checked before any work)."""
 
+    def flip_keeps_labels(self) -> bool:
+        """Whether a mirror keeps the labels of the data this teacher learnt (its label space):
+        flip TTA for pseudo labels needs it (`labeler.check_flip_tta`). True when unknown."""
+        return True
+
     def input_fn(self, example, flip_tta: bool):
         """Maps a canonical example to the teacher's inputs (inside tf.data; pure TF).
 
@@ -295,6 +300,10 @@ class WorkdirTeacher(Teacher):
             _segmentation_to_original, input_signature=[
                 tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([4, 2], tf.float32),
                 tf.TensorSpec([2], tf.int32)])
+
+    def flip_keeps_labels(self):
+        from rethink_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
+        return config_lib.hflip(self.config)
 
     def _sync_decoder(self):
         key = (self.score_threshold, self.max_detections, self.nms_iou_threshold)

@@ -14,6 +14,7 @@ TASKS = ("detection", "segmentation", "classification")
 POLICIES = ("s1", "s2", "s3", "s4")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 SCHEDULES = ("cosine", "step", "constant")
+HFLIP = ("auto", "on", "off")
 
 
 def base_config(task="detection"):
@@ -41,6 +42,10 @@ def base_config(task="detection"):
     c.dataset.max_boxes = 100
     c.dataset.cache = True  # cache decoded examples in memory (small datasets)
     c.dataset.shuffle_buffer = 2048
+    # Horizontal flips in every policy (and SimCLR's views, flip TTA): "auto" asks the source
+    # whether a mirror keeps its labels (`sources.hflip_keeps_labels`: not for digit_scenes,
+    # whose digits and glyphs a mirror turns into other glyphs); "on" / "off" force it.
+    c.dataset.hflip = "auto"
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "resnet_small"
@@ -298,6 +303,8 @@ def validate(config):
     _int(config, "dataset.max_boxes", 1)
     _int(config, "dataset.shuffle_buffer", 1)
     _bool(config, "dataset.cache")
+    if "hflip" in config.dataset:
+        _choice(config, "dataset.hflip", HFLIP)
 
     m = config.model
     if m.backbone not in backbones.BACKBONE_NAMES:
@@ -396,9 +403,28 @@ def validate(config):
     for field in ("score_threshold", "pixel_threshold"):
         _float(config, f"self_training.{field}", 0.0, 1.0)
     _bool(config, "self_training.flip_tta")
+    if st.flip_tta:
+        for name in (config.dataset.name, st.unlabeled):
+            if not hflip(config, name):
+                _fail("self_training.flip_tta", f"a mirrored image of {name} does not keep its "
+                      f"labels (dataset.hflip={config.dataset.get('hflip', 'auto')!r}); "
+                      "leave flip_tta False, or set dataset.hflip='on' to flip anyway")
     if "joint" in config:
         _check_joint(config)
     _check_dataset(config)
+
+
+def hflip(config, name=None):
+    """Whether training may flip images of source `name` (default: `dataset.name`).
+
+    `dataset.hflip`: "on" / "off" force it for every stream; "auto" (the default, and configs
+    saved before the field existed) is `sources.hflip_keeps_labels(name)`.
+    """
+    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
+    setting = config.dataset.get("hflip", "auto")
+    if setting == "auto":
+        return sources.hflip_keeps_labels(name or config.dataset.name)
+    return setting == "on"
 
 
 def is_joint(config):

@@ -123,6 +123,13 @@ def validate_simclr(config):
             _fail(field, f"{s[field]} is not in [0, 1]")
     if s.probe_epochs <= 0:
         _fail("probe_epochs", f"must be > 0, got {s.probe_epochs}")
+    if s.flip:
+        name, _ = _unlabeled_source(config)
+        if not config_lib.hflip(config, name):
+            _fail("flip", f"a mirrored image of {name} is another image (a mirrored digit or "
+                          f"glyph is another glyph; dataset.hflip="
+                          f"{config.dataset.get('hflip', 'auto')!r}); set simclr.flip=False, "
+                          "or dataset.hflip='on' to flip anyway")
     if s.unlabeled:
         name, split = _unlabeled_source(config)
         try:

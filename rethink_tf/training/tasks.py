@@ -212,11 +212,13 @@ def _pipeline(input_context):
 
 
 def _seeded_stream(config, examples, stream, input_context, start_example, task_kwargs, *,
-                   task=None, image_size=None, policy=None):
+                   task=None, image_size=None, policy=None, source=None):
     """Augmented model examples of one named stream, from example `start_example` on.
 
     `task`, `image_size` and `policy` default to the config's (the target task's streams);
-    joint training's classification stream passes its own.
+    joint training's classification stream passes its own. `source` (default
+    `dataset.name`; pseudo labels follow the human data) decides whether policies flip
+    (`config.hflip`).
     """
     pipeline_id, _ = _pipeline(input_context)
     seed = pipelines.stream_seed(config.seed, stream, pipeline_id)
@@ -228,7 +230,8 @@ def _seeded_stream(config, examples, stream, input_context, start_example, task_
     return pipelines.preprocess(numbered, task or config.task,
                                 image_size=image_size or config.dataset.image_size,
                                 policy=policy or config.augment, training=True,
-                                max_boxes=config.dataset.max_boxes, seed=seed, **task_kwargs)
+                                max_boxes=config.dataset.max_boxes, seed=seed,
+                                hflip=config_lib.hflip(config, source), **task_kwargs)
 
 
 def _human_examples(config, input_context):
@@ -343,7 +346,7 @@ def classification_examples(config, input_context=None, start_example=0):
                           pipelines.CLASSIFICATION, input_context, start_example, {},
                           task="classification",
                           image_size=int(j.image_size) or int(config.dataset.image_size),
-                          policy=j.augment)
+                          policy=j.augment, source=j.dataset)
 
 
 def joint_dataset(config, info, human_batch_size, input_context=None, start_step=0):

@@ -360,6 +360,9 @@ def _oracle_rows(index, flipped):
 class _OracleTeacher(teacher_lib.WorkdirTeacher):
     """A workdir teacher whose forward pass returns the oracle's rows (all else is real)."""
 
+    def flip_keeps_labels(self):
+        return True  # the oracle's rows are mirror-symmetric, unlike the digits it trained on
+
     def _make_forward(self):
         def forward(images):
             images = np.asarray(images)
@@ -440,3 +443,13 @@ def test_oracle_teacher_boxes_come_back_in_original_pixels(flip_tta, detection_t
         assert np.all(np.diff(scores) <= 0)  # highest score first
         total += len(want)
     assert manifest["num_boxes"] == total > 0
+
+
+def test_flip_tta_is_rejected_where_a_mirror_changes_the_labels(det_teacher, tmp_path):
+    """The digit teacher's labels change under a mirror: labelling with flip TTA fails before
+    anything is written, whatever the images; labelling without it is untouched."""
+    out = tmp_path / "pseudo"
+    with pytest.raises(ValueError, match="flip_tta.*mirror"):
+        labeler.pseudo_label(det_teacher, "images:/nowhere/*.png", str(out), flip_tta=True,
+                             progress=False)
+    assert not out.exists()
