@@ -8,6 +8,11 @@ probability `blur_prob`. Built on `tf.image` ops, so every function works on one
 image eagerly or inside `tf.data`.
 
 Views are float32 [H, W, 3] with pixel values 0..255, as the backbones take them.
+
+The defaults are SimCLR's for 224 px ImageNet photos. Small object-centric images want other
+settings (see `experiments/configs/pretrain_simclr.py`): a larger `crop_min_area` so that both
+views keep the object, `blur_prob=0` (blur erases thin strokes), and `flip=False` where a
+mirror changes the label (`sources.hflip_keeps_labels`: digits and letters).
 """
 
 import tensorflow as tf
@@ -112,7 +117,7 @@ def simclr_view(image, output_size, *, crop_min_area=0.08, flip=True, color_stre
       image: uint8 or float [H, W, 3] with values 0..255.
       output_size: (height, width) of the view.
       crop_min_area: smallest crop area as a fraction of the image.
-      flip: random horizontal flip.
+      flip: random horizontal flip; False for data whose labels a mirror changes.
       color_strength: colour jitter strength s.
       color_prob, grayscale_prob, blur_prob: probabilities of those distortions.
 

@@ -225,6 +225,17 @@ def _simclr_config(data_dir, steps=2):
     return config
 
 
+def test_flipped_views_of_digits_are_rejected_unless_forced(digit_scenes_data_dir):
+    config = _simclr_config(digit_scenes_data_dir)
+    assert config.simclr.flip is False  # the recipe's default: a mirrored digit is another
+    pretraining.validate_simclr(config)
+    config.simclr.flip = True
+    with pytest.raises(ValueError, match=r"simclr\.flip.*digit_scenes/classification_tiny"):
+        pretraining.validate_simclr(config)
+    config.dataset.hflip = "on"
+    pretraining.validate_simclr(config)
+
+
 def test_loss_falls_on_a_tiny_set(digit_scenes_data_dir):
     config = _simclr_config(digit_scenes_data_dir)
     config.train.steps = 25
