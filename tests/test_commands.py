@@ -476,6 +476,34 @@ def test_show_writes_the_grid(tmp_path, env):
     assert grid.std() > 10, "the grid must show images"
 
 
+def test_glyph_corpus_commands(tmp_path, env, digit_scenes_data_dir):
+    """README: the glyph corpus's grid, and "ImageNet" and SimCLR on it (`:glyphs` variants,
+    on the tiny glyph config)."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from rethink_tf.data import digit_scenes  # pylint: disable=g-import-not-at-top
+    tfds.builder("digit_scenes", config=digit_scenes.tiny_config("glyphs"),
+                 data_dir=digit_scenes_data_dir).download_and_prepare()
+    out = str(tmp_path / "glyphs_grid.png")
+    result = run("rethink_tf.data.show", "--dataset=digit_scenes/glyphs_tiny", "--split=train",
+                 "--policy=none", "--rows=2", "--cols=4", "--image_size=64", f"--out={out}",
+                 env=env)
+    assert f"wrote {out}" in result.stdout
+    assert np.asarray(Image.open(out)).std() > 10, "the grid must show images"
+    glyphs = overrides("classification", **{"dataset.name": "digit_scenes/glyphs_tiny"})
+    imagenet = str(tmp_path / "imagenet_glyphs")
+    run("rethink_tf.pretrain", "--config=experiments/configs/pretrain_classification.py:glyphs",
+        f"--workdir={imagenet}", *glyphs, env=env)
+    assert_workdir(imagenet, ["top1"])
+    assert read_json(imagenet, "config.json")["dataset"]["name"] == "digit_scenes/glyphs_tiny"
+    assert read_json(imagenet, "config.json")["dataset"]["hflip"] == "auto"
+    simclr = str(tmp_path / "simclr_glyphs")
+    run("rethink_tf.pretrain", "--config=experiments/configs/pretrain_simclr.py:glyphs",
+        f"--workdir={simclr}", *glyphs, "--config.simclr.hidden_dim=16",
+        "--config.simclr.projection_dim=8", "--config.simclr.probe_epochs=2", env=env)
+    assert 0.0 <= read_json(simclr, "metrics.json")["top1"] <= 1.0
+    assert os.path.exists(os.path.join(simclr, "backbone.weights.h5"))
+
+
 def test_pipeline_main_job(tmp_path, env):
     """`python -m rethink_tf.pipeline --workdir=DIR` with its default configs made tiny."""
     workdir = str(tmp_path / "rt")
