@@ -117,9 +117,9 @@ def resolve_settings(config, values, present):
     settings["task"], settings["from_config"] = None, []
     if config is not None:
         task = config.get("task")
-        if task not in ("detection", "segmentation"):
+        if task not in ("detection", "segmentation", "classification"):
             raise ValueError(f"--config: config.task is {task!r}: pseudo labels need a "
-                             "detection or segmentation config (e.g. "
+                             "detection, segmentation or classification config (e.g. "
                              "experiments/configs/detection.py:student)")
         settings["task"] = task
         from_config = {name: _config_value(config, field)
@@ -186,7 +186,7 @@ def main(argv):
                                         shard_index=_SHARD_INDEX.value,
                                         shards_per_pass=_SHARDS_PER_PASS.value, **common)
     keys = ("task", "complete", "num_images", "num_boxes", "num_negatives", "kept_fraction",
-            "skipped_unreadable")
+            "num_dropped_empty", "mean_confidence", "skipped_unreadable")
     print(json.dumps({k: manifest[k] for k in keys if k in manifest}), flush=True)
     if _QUALITY.value and manifest["complete"]:
         from rethink_tf.pseudo import quality  # pylint: disable=g-import-not-at-top

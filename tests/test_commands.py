@@ -477,8 +477,8 @@ def test_show_writes_the_grid(tmp_path, env):
 
 
 def test_glyph_corpus_commands(tmp_path, env, digit_scenes_data_dir):
-    """README: the glyph corpus's grid, and "ImageNet" and SimCLR on it (`:glyphs` variants,
-    on the tiny glyph config)."""
+    """README: the glyph corpus's grid, and "ImageNet", "ImageNet++" (noisy student) and SimCLR
+    on it (`:glyphs*` variants, on the tiny glyph config)."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from rethink_tf.data import digit_scenes  # pylint: disable=g-import-not-at-top
     tfds.builder("digit_scenes", config=digit_scenes.tiny_config("glyphs"),
@@ -496,6 +496,21 @@ def test_glyph_corpus_commands(tmp_path, env, digit_scenes_data_dir):
     assert_workdir(imagenet, ["top1"])
     assert read_json(imagenet, "config.json")["dataset"]["name"] == "digit_scenes/glyphs_tiny"
     assert read_json(imagenet, "config.json")["dataset"]["hflip"] == "auto"
+    # "ImageNet++" by noisy student: the "ImageNet" model labels the unlabeled split, a noised
+    # student trains on both.
+    pseudo = str(tmp_path / "glyphs_pseudo")
+    run("rethink_tf.pseudo_label", f"--teacher={imagenet}", "--unlabeled=digit_scenes/glyphs_tiny",
+        "--split=unlabeled", "--score_threshold=0.0", f"--output={pseudo}", "--quality", env=env)
+    manifest = read_json(pseudo, "manifest.json")
+    assert manifest["task"] == "classification" and manifest["num_images"] == 31, manifest
+    rows = read_json(pseudo, "quality.json")["thresholds"]  # accuracy of the kept labels
+    assert rows and all(0.0 <= r["kept_fraction"] <= 1.0 and "accuracy" in r for r in rows)
+    plus = str(tmp_path / "imagenet_plus_glyphs")
+    run("rethink_tf.pretrain",
+        "--config=experiments/configs/pretrain_classification.py:glyphs_student",
+        f"--config.self_training.pseudo_labels={pseudo}", f"--workdir={plus}", *glyphs, env=env)
+    assert_workdir(plus, ["top1"])
+    assert os.path.exists(os.path.join(plus, "backbone.weights.h5"))
     simclr = str(tmp_path / "simclr_glyphs")
     run("rethink_tf.pretrain", "--config=experiments/configs/pretrain_simclr.py:glyphs",
         f"--workdir={simclr}", *glyphs, "--config.simclr.hidden_dim=16",

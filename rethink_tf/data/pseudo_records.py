@@ -21,7 +21,7 @@ One record (a `tf.train.Example`) per pseudo-labelled image:
     image/height       int64    original height
     image/width        int64    original width
     source_id          bytes    the unlabeled source's `source_id`
-    task               bytes    b"detection" | b"segmentation"
+    task               bytes    b"detection" | b"segmentation" | b"classification"
   detection:
     boxes/xmin, boxes/ymin, boxes/xmax, boxes/ymax
                        float    [N] absolute pixels of the original image (xyxy)
@@ -31,9 +31,14 @@ One record (a `tf.train.Example`) per pseudo-labelled image:
     mask/encoded       bytes    PNG uint8 [H, W, 1]: class ids, 255 = ignore (low confidence)
     mask/mean_confidence float  mean over pixels of the teacher's top softmax probability
     mask/kept_fraction float    fraction of pixels that are not 255
+  classification (hard labels; noisy student's "ImageNet++" on a classification corpus):
+    label              int64    the teacher's top class
+    score              float    its softmax probability (>= the score threshold)
+    probabilities      float    [C] the teacher's whole softmax (kept for soft-label students
+                                and for inspection; `load_pseudo_labels` yields `label`)
 
 `load_pseudo_labels` reads them back as canonical examples (`image`, `source_id`, and
-`boxes`/`classes` or `mask`); scores are not canonical keys, so `load_pseudo_records` is the
+`boxes`/`classes`, `mask` or `label`); scores are not canonical keys, so `load_pseudo_records` is the
 reader that keeps them.
 """
 
@@ -54,7 +59,8 @@ MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
 DETECTION = "detection"
 SEGMENTATION = "segmentation"
-TASKS = (DETECTION, SEGMENTATION)
+CLASSIFICATION = "classification"
+TASKS = (DETECTION, SEGMENTATION, CLASSIFICATION)
 MAX_LISTED_SKIPS = 100  # skipped file paths kept in the manifest (all are counted)
 
 _SHARD_RE = re.compile(r"^pseudo-(\d{5})-of-(\d{5})\.tfrecord$")
@@ -172,6 +178,10 @@ def build_manifest(settings: Mapping, shard_stats: Mapping[int, Mapping]) -> dic
         manifest.update(num_boxes=total["num_boxes"], num_negatives=total["num_negatives"],
                         boxes_per_image=total["num_boxes"] / max(total["num_images"], 1))
         unit = "boxes"
+    elif task == CLASSIFICATION:
+        # An image below the score threshold is dropped (counted in num_dropped_empty).
+        manifest.update(mean_confidence=total["confidence_sum"] / max(total["num_images"], 1))
+        unit = "images"
     else:
         manifest.update(num_pixels=total["num_pixels"], num_pixels_kept=total["num_pixels_kept"],
                         kept_fraction=total["num_pixels_kept"] / max(total["num_pixels"], 1),
@@ -241,6 +251,11 @@ def _parse_fn(task):
         for key in ("boxes/xmin", "boxes/ymin", "boxes/xmax", "boxes/ymax", "scores"):
             features[key] = tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
         features["classes"] = tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
+    elif task == CLASSIFICATION:
+        features["label"] = tf.io.FixedLenFeature([], tf.int64)
+        features["score"] = tf.io.FixedLenFeature([], tf.float32)
+        features["probabilities"] = tf.io.FixedLenSequenceFeature([], tf.float32,
+                                                                  allow_missing=True)
     else:
         features["mask/encoded"] = tf.io.FixedLenFeature([], tf.string)
         features["mask/mean_confidence"] = tf.io.FixedLenFeature([], tf.float32)
@@ -259,6 +274,10 @@ def _parse_fn(task):
                                        [-1, 4])
             out[ex.CLASSES] = tf.cast(raw["classes"], tf.int32)
             out["scores"] = raw["scores"]
+        elif task == CLASSIFICATION:
+            out[ex.LABEL] = tf.cast(raw["label"], tf.int32)
+            out["score"] = raw["score"]
+            out["probabilities"] = raw["probabilities"]
         else:
             mask = tf.io.decode_png(raw["mask/encoded"], channels=1)
             out[ex.MASK] = tf.ensure_shape(mask, [None, None, 1])
@@ -281,8 +300,9 @@ def load_pseudo_records(directory: str, task: str | None = None, *, shuffle_file
         allow_incomplete: read the finished shards of an unfinished run instead of failing.
 
     Returns:
-        A dataset of canonical examples plus `scores` float32 [N] (detection) or
-        `mean_confidence` and `kept_fraction` float32 [] (segmentation).
+        A dataset of canonical examples plus `scores` float32 [N] (detection),
+        `mean_confidence` and `kept_fraction` float32 [] (segmentation), or `score` float32 []
+        and `probabilities` float32 [C] (classification).
 
     Raises:
         FileNotFoundError: no pseudo labels in `directory`.
@@ -316,14 +336,16 @@ def load_pseudo_labels(directory: str, task: str | None = None, **kwargs) -> tf.
 
     Args:
         directory: a pseudo-label directory.
-        task: the expected task ('detection' or 'segmentation'); None = the manifest's.
+        task: the expected task ('detection', 'segmentation' or 'classification'); None =
+            the manifest's.
         **kwargs: `shuffle_files`, `seed`, `allow_incomplete` (see `load_pseudo_records`).
 
     Returns:
-        A dataset of {'image', 'source_id', 'boxes', 'classes'} or {'image', 'source_id',
-        'mask'} (255 = ignore); it passes `example.check_example_spec`.
+        A dataset of {'image', 'source_id', 'boxes', 'classes'}, {'image', 'source_id',
+        'mask'} (255 = ignore) or {'image', 'source_id', 'label'}; it passes
+        `example.check_example_spec`.
     """
-    extras = ("scores", "mean_confidence", "kept_fraction")
+    extras = ("scores", "mean_confidence", "kept_fraction", "score", "probabilities")
     ds = load_pseudo_records(directory, task, **kwargs).map(
         lambda e: {k: v for k, v in e.items() if k not in extras})
     ex.check_example_spec(ds.element_spec, f"pseudo:{directory}")

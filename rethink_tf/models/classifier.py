@@ -41,7 +41,7 @@ class Classifier(keras_cv.models.Task):
 
 
 def build_classifier(backbone_name, num_classes, image_size=None, *, dropout=0.0,
-                     backbone_kwargs=None, name="classifier"):
+                     backbone_kwargs=None, name="classifier", model_class=None):
     """Builds a `Classifier` on a backbone from `build_backbone`.
 
     Args:
@@ -51,6 +51,8 @@ def build_classifier(backbone_name, num_classes, image_size=None, *, dropout=0.0
         dropout: dropout rate before the dense head.
         backbone_kwargs: extra arguments for `build_backbone` (e.g. drop_path_rate).
         name: model name.
+        model_class: a `Classifier` subclass to instantiate (the self-training student adds
+            its train_step this way); None = `Classifier`.
 
     Returns:
         A `Classifier` whose `backbone` attribute is the backbone sub-model.
@@ -63,7 +65,7 @@ def build_classifier(backbone_name, num_classes, image_size=None, *, dropout=0.0
         input_shape = (int(image_size[0]), int(image_size[1]), 3)
     backbone = backbones_lib.build_backbone(backbone_name, input_shape=input_shape,
                                             **(backbone_kwargs or {}))
-    return Classifier(backbone, num_classes, dropout=dropout, name=name)
+    return (model_class or Classifier)(backbone, num_classes, dropout=dropout, name=name)
 
 
 @keras.saving.register_keras_serializable(package="rethink_tf")

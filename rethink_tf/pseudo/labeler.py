@@ -8,6 +8,9 @@ Detection: boxes after NMS with score >= `score_threshold` become hard labels (w
 kept in the record); an image with none is kept as a negative unless `drop_empty`.
 Segmentation: the per-pixel argmax where the top probability is >= `pixel_threshold`, 255
 (ignore) elsewhere; an image with no pixel kept is dropped only with `drop_empty`.
+Classification (noisy student on a classification corpus, "ImageNet++"): the teacher's top
+class is a hard label when its softmax probability is >= `score_threshold` (the record keeps
+the whole softmax); an image below it is dropped (counted in `num_dropped_empty`).
 
 Faults and scale:
 - An image goes to output shard `records.shard_of(source_id, num_output_shards)`; machine
@@ -30,8 +33,8 @@ score_threshold or pixel_threshold, nms_iou_threshold, max_detections, flip_tta,
 num_output_shards, image_format, created, labeled_counts (the teacher's labelled set, per class),
 shards_complete, complete, missing_shards, num_images (records), num_images_seen,
 num_dropped_empty, skipped_unreadable, skipped_files, and num_boxes, num_negatives,
-boxes_per_image (detection) or num_pixels, num_pixels_kept, kept_fraction, mean_confidence
-(segmentation), per_class {name: pseudo count and fraction next to the labelled set's}, updated.
+boxes_per_image (detection), num_pixels, num_pixels_kept, kept_fraction, mean_confidence
+(segmentation) or mean_confidence of the kept labels (classification), per_class {name: pseudo count and fraction next to the labelled set's}, updated.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ def load_unlabeled(name: str, split: str | None = None, *, data_dir=None, skip_c
 
 
 def labeled_class_counts(config, num_classes: int):
-    """Per-class boxes (detection) or mask pixels (segmentation) of a config's training set.
+    """Per-class boxes (detection), mask pixels (segmentation) or images (classification) of a
+    config's training set.
 
     Args:
         config: the teacher's training config.
@@ -117,7 +121,7 @@ def labeled_class_counts(config, num_classes: int):
     ds = sources.load(config.dataset.name, config.dataset.train_split,
                       data_dir=config.dataset.data_dir or None,
                       fraction=config.dataset.fraction if config.dataset.fraction < 1.0 else None)
-    key = ex.CLASSES if config.task == "detection" else ex.MASK
+    key = {"detection": ex.CLASSES, "classification": ex.LABEL}.get(config.task, ex.MASK)
     counts = np.zeros(num_classes + 1, np.int64)
     for values in ds.map(lambda e: tf.reshape(tf.cast(e[key], tf.int32), [-1])).map(
             lambda v: tf.math.bincount(v, minlength=num_classes + 1, maxlength=num_classes + 1)):
@@ -128,12 +132,13 @@ def labeled_class_counts(config, num_classes: int):
 def _settings(teacher, unlabeled_desc, *, score_threshold, pixel_threshold, flip_tta,
               drop_empty, num_output_shards, image_format):
     det = teacher.task == teacher_lib.DETECTION
+    scored = det or teacher.task == teacher_lib.CLASSIFICATION
     return {
         "format": records.FORMAT, "task": teacher.task, "num_classes": teacher.num_classes,
         "class_names": list(teacher.class_names), "teacher": teacher.identity,
         "unlabeled": unlabeled_desc,
-        "score_threshold": float(score_threshold) if det else None,
-        "pixel_threshold": None if det else float(pixel_threshold),
+        "score_threshold": float(score_threshold) if scored else None,
+        "pixel_threshold": None if scored else float(pixel_threshold),
         "nms_iou_threshold": teacher.nms_iou_threshold if det else None,
         "max_detections": teacher.max_detections if det else None,
         "flip_tta": bool(flip_tta), "drop_empty": bool(drop_empty),
@@ -229,6 +234,16 @@ def _record(fields, prediction, task, stats, *, score_threshold, pixel_threshold
         return records.serialize_detection(
             fields["encoded"], source_id, height, width, boxes, classes,
             prediction["scores"][keep], _record_format(fields["encoded"], image_format, source_id))
+    if task == teacher_lib.CLASSIFICATION:
+        if prediction["score"] < score_threshold:
+            stats["num_dropped_empty"] += 1
+            return None
+        stats["num_images"] += 1
+        stats["confidence_sum"] += prediction["score"]
+        stats["class_counts"][prediction["label"]] += 1
+        return records.serialize_classification(
+            fields["encoded"], source_id, height, width, prediction["probabilities"],
+            _record_format(fields["encoded"], image_format, source_id))
     confidence = prediction["confidence"]
     kept = confidence >= pixel_threshold
     mask = np.where(kept, prediction["mask"], ex.IGNORE_LABEL).astype(np.uint8)
@@ -321,7 +336,8 @@ def pseudo_label(teacher, unlabeled, output_dir, *, task=None, split=None, data_
         split: the source's split; None = 'all' for images:/coco_json: sources, else
             'unlabeled'.
         data_dir: TFDS data dir.
-        score_threshold: detection: lowest teacher score that becomes a box.
+        score_threshold: detection: lowest teacher score that becomes a box; classification:
+            lowest top-class probability that becomes a label.
         pixel_threshold: segmentation: lowest top-class probability that labels a pixel.
         drop_empty: drop images without any box (detection) or kept pixel (segmentation)
             instead of keeping them as negatives.

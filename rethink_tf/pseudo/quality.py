@@ -8,7 +8,9 @@ threshold, and for each threshold t reports:
   when it matches an unmatched ground-truth box of its class with IoU >= 0.5, greedily by
   score), COCO AP / AP50 of those boxes (pycocotools), and boxes per image;
 - segmentation: the fraction of pixels kept (top probability >= t), pixel accuracy and mIoU
-  on the kept pixels, against the ground-truth mask (255 excluded).
+  on the kept pixels, against the ground-truth mask (255 excluded);
+- classification: the fraction of images kept (top probability >= t) and the accuracy of
+  their hard labels against the ground-truth label.
 
 So the threshold can be chosen by measurement. Without a teacher (`teacher=None`) the
 records in `output_dir` are scored instead; they only hold boxes above the labeling threshold,
@@ -187,10 +189,40 @@ class SegmentationQuality:
         return {"num_images": self._images, "num_pixels": self._pixels, "thresholds": rows}
 
 
+class ClassificationQuality:
+    """Kept fraction and accuracy of hard pseudo labels (top class, kept when its probability
+    is >= t), per threshold."""
+
+    def __init__(self, thresholds=DEFAULT_THRESHOLDS):
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self._kept = np.zeros(len(self.thresholds), np.int64)
+        self._correct = np.zeros(len(self.thresholds), np.int64)
+        self._images = 0
+
+    def update(self, label, score, ground_truth):
+        """Adds one image: the predicted class, its probability and the true class."""
+        self._images += 1
+        for i, t in enumerate(self.thresholds):
+            if score >= t:
+                self._kept[i] += 1
+                self._correct[i] += int(int(label) == int(ground_truth))
+
+    def result(self):
+        """{"num_images", "thresholds": [{threshold, kept_fraction, accuracy}]} (accuracy of
+        the kept labels; None if none kept)."""
+        rows = [{"threshold": t, "kept_fraction": int(k) / max(self._images, 1),
+                 "accuracy": float(c / k) if k else None}
+                for t, k, c in zip(self.thresholds, self._kept, self._correct)]
+        return {"num_images": self._images, "thresholds": rows}
+
+
+_GROUND_TRUTH = {"detection": (ex.BOXES, ex.CLASSES), "classification": (ex.LABEL,)}
+
+
 def _ground_truth_stream(source, split, data_dir, task):
     from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
     ds = sources.load(source, split, data_dir=data_dir)
-    needed = (ex.BOXES, ex.CLASSES) if task == "detection" else (ex.MASK,)
+    needed = _GROUND_TRUTH.get(task, (ex.MASK,))
     missing = [k for k in needed if k not in ds.element_spec]
     if missing:
         raise ValueError(f"{source!r} split {split!r} has no hidden ground truth {missing} to "
@@ -231,10 +263,12 @@ def report(output_dir, source, split="unlabeled", *, teacher=None, data_dir=None
         # Records hold no box (pixel) below the labeling threshold: lower ones are left out.
         lowest = manifest.get("score_threshold") or manifest.get("pixel_threshold") or 0.0
         thresholds = tuple(t for t in thresholds if t >= lowest) or (float(lowest),)
-        if task != "detection":
+        if task == "segmentation":
             thresholds = (float(lowest),)  # records keep no per-pixel confidence
     if task == "detection":
         metric = DetectionQuality(manifest["num_classes"], thresholds, names)
+    elif task == "classification":
+        metric = ClassificationQuality(thresholds)
     else:
         metric = SegmentationQuality(manifest["num_classes"], thresholds)
     if teacher is not None:
@@ -243,7 +277,7 @@ def report(output_dir, source, split="unlabeled", *, teacher=None, data_dir=None
         if task == "detection":
             teacher.set_score_threshold(min(thresholds))
         tta = manifest.get("flip_tta", False) if flip_tta is None else flip_tta
-        keys = (ex.BOXES, ex.CLASSES) if task == "detection" else (ex.MASK,)
+        keys = _GROUND_TRUTH.get(task, (ex.MASK,))
         stream = teacher.predict_stream(gt, batch_size=batch_size, flip_tta=tta,
                                         passthrough=keys)
         for fields, prediction in stream:
@@ -270,6 +304,8 @@ def _record_prediction(e, task):
     if task == "detection":
         return {"boxes": e[ex.BOXES].numpy(), "classes": e[ex.CLASSES].numpy(),
                 "scores": e["scores"].numpy()}
+    if task == "classification":
+        return {"label": int(e[ex.LABEL]), "score": float(e["score"])}
     mask = e[ex.MASK].numpy()[..., 0]
     # A record keeps no per-pixel confidence: kept pixels count as confident (1.0).
     return {"mask": mask.astype(np.int64),
@@ -279,6 +315,8 @@ def _record_prediction(e, task):
 def _update(metric, task, prediction, fields):
     if task == "detection":
         metric.update(prediction, {"boxes": fields[ex.BOXES], "classes": fields[ex.CLASSES]})
+    elif task == "classification":
+        metric.update(prediction["label"], prediction["score"], fields[ex.LABEL])
     else:
         metric.update(prediction["mask"], prediction["confidence"], fields[ex.MASK])
 
@@ -294,18 +332,22 @@ def write_histograms(output_dir, result=None):
         if task == "detection":
             values["a"].extend(e["scores"].numpy().tolist())
             values["b"].append(int(tf.shape(e["scores"])[0]))
+        elif task == "classification":
+            values["a"].append(float(e["score"]))
+            values["b"].append(int(e[ex.LABEL]))
         else:
             values["a"].append(float(e["mean_confidence"]))
             values["b"].append(float(e["kept_fraction"]))
-    names = (("pseudo/scores", "pseudo/boxes_per_image") if task == "detection"
-             else ("pseudo/mean_confidence", "pseudo/kept_fraction"))
+    names = {"detection": ("pseudo/scores", "pseudo/boxes_per_image"),
+             "classification": ("pseudo/scores", "pseudo/labels")}.get(
+                 task, ("pseudo/mean_confidence", "pseudo/kept_fraction"))
     with writer.as_default():
         tf.summary.histogram(names[0], np.asarray(values["a"], np.float32), step=0)
         tf.summary.histogram(names[1], np.asarray(values["b"], np.float32), step=0)
         for row in (result or {}).get("thresholds", []):
             step = int(round(row["threshold"] * 100))  # the x axis is the threshold in %
             for key in ("precision", "recall", "AP", "AP50", "kept_fraction", "pixel_accuracy",
-                        "mIoU"):
+                        "mIoU", "accuracy"):
                 if row.get(key) is not None:
                     tf.summary.scalar(f"quality/{key}", row[key], step=step)
     writer.flush()

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from rethink_tf.data import example as ex
+from rethink_tf.data.pseudo_records import CLASSIFICATION
 from rethink_tf.data.pseudo_records import DETECTION
 from rethink_tf.data.pseudo_records import FORMAT  # noqa: F401 (API)
 from rethink_tf.data.pseudo_records import MANIFEST
@@ -140,6 +141,32 @@ def serialize_segmentation(encoded_image: bytes, source_id, height: int, width: 
         "mask/mean_confidence": _floats([mean_confidence]),
         "mask/kept_fraction": _floats([kept]),
     })
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def serialize_classification(encoded_image: bytes, source_id, height: int, width: int,
+                             probabilities, image_format: str = "png") -> bytes:
+    """Serializes one classification pseudo label: the top class of `probabilities` (a hard
+    label), its probability, and the whole softmax.
+
+    Args:
+        encoded_image: the image's encoded bytes (a format `tf.io.decode_image` reads).
+        source_id: the image's `source_id`.
+        height: original image height.
+        width: original image width.
+        probabilities: float [C], the teacher's softmax.
+        image_format: what `encoded_image` is: "png", "jpeg", "gif" or "bmp".
+
+    Returns:
+        A serialized `tf.train.Example`.
+    """
+    probabilities = np.asarray(probabilities, np.float32).reshape(-1)
+    if not len(probabilities):
+        raise ValueError(f"no class probabilities for {source_id!r}")
+    label = int(np.argmax(probabilities))
+    feature = _common(encoded_image, source_id, height, width, CLASSIFICATION, image_format)
+    feature.update({"label": _ints([label]), "score": _floats([probabilities[label]]),
+                    "probabilities": _floats(probabilities)})
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 

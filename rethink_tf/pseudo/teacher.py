@@ -35,7 +35,9 @@ from rethink_tf.data import example as ex
 
 DETECTION = "detection"
 SEGMENTATION = "segmentation"
+CLASSIFICATION = "classification"
 TASKS = (DETECTION, SEGMENTATION)
+WORKDIR_TASKS = TASKS + (CLASSIFICATION,)  # a classifier labels a classification corpus
 
 
 def nms_classwise(boxes, scores, classes, iou_threshold=0.5, max_detections=100):
@@ -277,9 +279,9 @@ class WorkdirTeacher(Teacher):
         from rethink_tf.training import tasks  # pylint: disable=g-import-not-at-top
         self.config = config_lib.load(workdir)
         self.task = self.config.task
-        if self.task not in TASKS:
+        if self.task not in WORKDIR_TASKS:
             raise ValueError(f"teacher {workdir!r} is a {self.task} model; pseudo labels need a "
-                             f"detection or segmentation teacher")
+                             f"detection, segmentation or classification teacher")
         path = checkpoints.find_checkpoint(workdir, checkpoint)
         self.num_classes = tasks.num_classes(self.config)
         names = tasks.class_names(self.config)
@@ -329,6 +331,8 @@ class WorkdirTeacher(Teacher):
         if self.task == DETECTION:
             from rethink_tf.models import detector  # pylint: disable=g-import-not-at-top
             return detector.decode_detections(self.model, outputs, images)
+        if self.task == CLASSIFICATION:
+            return tf.nn.softmax(tf.cast(outputs, tf.float32), axis=-1)
         return tf.cast(outputs, tf.float32)
 
     def input_fn(self, example, flip_tta):
@@ -364,6 +368,12 @@ class WorkdirTeacher(Teacher):
             return [merge_flip_detections(p, f, int(sizes[i][1]), self.nms_iou_threshold,
                                           self.max_detections)
                     for i, (p, f) in enumerate(zip(plain, flipped))]
+        if self.task == CLASSIFICATION:
+            probs = outputs.numpy()
+            if flip_tta:
+                probs = (probs[:n] + probs[n:]) / 2
+            return [{"probabilities": p.astype(np.float32), "label": int(np.argmax(p)),
+                     "score": float(np.max(p))} for p in probs]
         results = []
         for i in range(n):
             probs = self._to_original(outputs[i], info[i], sizes[i])

@@ -60,6 +60,11 @@ def backbone_weights_path(workdir):
 def pretrain(config, workdir, extra_callbacks=()):
     """Trains a classifier as `config` says and saves its backbone for `init=pretrained:`.
 
+    With `self_training.pseudo_labels` (classification pseudo labels of the corpus's
+    unlabeled images, from `python -m rethink_tf.pseudo_label` with a classifier teacher) the
+    classifier is a noisy student: human and pseudo-labelled images in every batch, loss
+    normalisation, noised by `augment`, `model.dropout` and `model.drop_path_rate`.
+
     Resumes like `trainer.train`; a finished run only (re)writes the backbone weights.
 
     Args:
@@ -76,8 +81,13 @@ def pretrain(config, workdir, extra_callbacks=()):
     if config.task != "classification":
         raise ValueError(f"config.task: supervised pre-training trains a classifier; got "
                          f"{config.task!r} (use task='classification')")
-    return trainer.train(config, workdir, extra_callbacks=extra_callbacks,
-                         hooks=trainer.Hooks(after_training=save_backbone))
+    if config.self_training.pseudo_labels:  # noisy student on the corpus: "ImageNet++"
+        from rethink_tf.training import student  # pylint: disable=g-import-not-at-top
+        hooks = trainer.Hooks(build_model=student.build_student_model,
+                              train_data=student.student_dataset, after_training=save_backbone)
+    else:
+        hooks = trainer.Hooks(after_training=save_backbone)
+    return trainer.train(config, workdir, extra_callbacks=extra_callbacks, hooks=hooks)
 
 
 def save_backbone(run):

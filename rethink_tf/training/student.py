@@ -12,6 +12,11 @@ with moving averages of the stopped-gradient losses (`streams.LossNormalizer`). 
 both averages and the effective pseudo weight are metrics, hence on the console and in
 TensorBoard. The student is noised by the strong augmentation on both streams (config.augment,
 s4 by default in the student configs) and stochastic depth (`model.drop_path_rate`).
+
+A classification student (noisy student on a classification corpus: "ImageNet++") takes hard
+pseudo labels; both losses are the smoothed cross-entropy (`train.label_smoothing`), each the
+mean over its stream's images of the global batch; `pretraining.pretrain` runs it when a
+classification config sets `self_training.pseudo_labels`.
 """
 
 import tensorflow as tf
@@ -26,7 +31,7 @@ from rethink_tf.training.streams import HUMAN, PSEUDO
 
 
 class StudentMixin:
-    """Adds the student train_step to a task model class (detector or segmenter).
+    """Adds the student train_step to a task model class (detector, segmenter, classifier).
 
     Use `student_class(ModelClass)` to build the combined class; call `configure_student`
     once after construction.
@@ -38,9 +43,11 @@ class StudentMixin:
         self.configure_student("detection")
 
     def configure_student(self, task, alpha=1.0, loss_norm_on=True, decay=0.99,
-                          average_terms=False):
-        """Sets the task and the loss-normalisation hyper-parameters (see `streams`)."""
+                          average_terms=False, label_smoothing=0.0):
+        """Sets the task and the loss-normalisation hyper-parameters (see `streams`);
+        `label_smoothing` is the classification losses'."""
         self.student_task = task
+        self.label_smoothing = float(label_smoothing)
         # object.__setattr__: neither Keras nor TF's auto-tracking may make the normaliser's
         # state part of the model (see `streams.LossNormalizerState`); the training checkpoint
         # adds it explicitly (`checkpoint_extras`).
@@ -105,6 +112,16 @@ class StudentMixin:
                      "human_targets": human["num_positives"],
                      "pseudo_targets": pseudo["num_positives"]}
             return human["loss"], pseudo["loss"], extra
+        if self.student_task == "classification":
+            per_example = losses_lib.smoothed_cross_entropy_per_example(
+                ops.concatenate([h_targets, p_targets], axis=0), ops.cast(y_pred, "float32"),
+                self.label_smoothing)
+            sizes = [ops.cast(human_size, "float32"),
+                     ops.cast(ops.shape(per_example)[0] - human_size, "float32")]
+            human, pseudo = per_example[:human_size], per_example[human_size:]
+            return (ops.divide_no_nan(ops.sum(human), losses_lib.cross_replica_normalizer(sizes[0])),
+                    ops.divide_no_nan(ops.sum(pseudo), losses_lib.cross_replica_normalizer(sizes[1])),
+                    {"human_targets": sizes[0], "pseudo_targets": sizes[1]})
         loss_sum, count = losses_lib.masked_sparse_categorical_crossentropy_per_example(
             ops.concatenate([h_targets, p_targets], axis=0), y_pred)
         return (losses_lib.normalised_pixel_loss(loss_sum[:human_size], count[:human_size]),
@@ -167,15 +184,16 @@ def student_class(base):
 
 def build_student_model(config, num_classes=None):
     """The task model of `config`, as a student (same architecture, student train_step)."""
-    if config.task not in ("detection", "segmentation"):
-        raise ValueError(f"config.task: self-training supports detection and segmentation, "
-                         f"not {config.task!r}")
+    if config.task not in ("detection", "segmentation", "classification"):
+        raise ValueError(f"config.task: self-training supports detection, segmentation and "
+                         f"classification, not {config.task!r}")
     if num_classes is None:
         num_classes = tasks.num_classes(config)
     model = tasks.build_model(config, num_classes, model_class_fn=student_class)
     st = config.self_training
     model.configure_student(config.task, st.alpha, st.loss_norm, st.decay,
-                            st.get("average_terms", False))
+                            st.get("average_terms", False),
+                            config.train.get("label_smoothing", 0.0))
     return model
 
 

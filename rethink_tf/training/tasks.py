@@ -66,7 +66,8 @@ def build_model(config, n_classes, model_class_fn=None):
     else:
         model = classifier.build_classifier(m.backbone, n_classes, size,
                                             backbone_kwargs=backbone_kwargs,
-                                            dropout=m.get("dropout", 0.0))
+                                            dropout=m.get("dropout", 0.0),
+                                            model_class=wrap(classifier.Classifier))
     if m.sync_batchnorm:
         backbones.set_synchronized_batchnorm(model, True)
     tracking.track_sublayer_lists(model)  # every variable reaches the checkpoints
