@@ -38,9 +38,24 @@ def _file_variants():
     return [(f, v) for f in CONFIG_FILES for v in _module(f).VARIANTS]
 
 
+def empty_pseudo_labels(directory, config):
+    """A pseudo-label directory (settings + manifest, no shard yet) of `config`'s task and
+    classes: what validation reads of a student's `self_training.pseudo_labels`."""
+    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
+    from rethink_tf.pseudo import records  # pylint: disable=g-import-not-at-top
+    info = sources.info(config.dataset.name, data_dir=config.dataset.data_dir or None)
+    names = list(info.class_names[config.task])
+    os.makedirs(directory, exist_ok=True)
+    records.write_json(os.path.join(directory, records.SETTINGS), {
+        "format": records.FORMAT, "task": config.task, "num_classes": len(names),
+        "class_names": names, "num_output_shards": 1})
+    records.write_manifest(directory)
+    return directory
+
+
 @pytest.mark.parametrize("config_file,variant", _file_variants())
 def test_every_config_and_variant_loads_and_validates(config_file, variant,
-                                                      digit_scenes_data_dir):
+                                                      digit_scenes_data_dir, tmp_path):
     config = _config(config_file, variant)
     # Point at the tiny prepared data; everything else as written.
     config.dataset.name = config.dataset.name.replace("digit_scenes/detection",
@@ -48,7 +63,8 @@ def test_every_config_and_variant_loads_and_validates(config_file, variant,
         "digit_scenes/classification", "digit_scenes/classification_tiny")
     config.dataset.data_dir = digit_scenes_data_dir
     if config.self_training.get("student"):
-        config.self_training.pseudo_labels = digit_scenes_data_dir
+        config.self_training.pseudo_labels = empty_pseudo_labels(str(tmp_path / "pseudo"),
+                                                                 config)
     config_lib.validate(config)
     # The config resolves to a dataset with the labels its task needs.
     assert tasks.num_classes(config) > 0
@@ -181,8 +197,10 @@ def test_pseudo_label_without_config_is_the_flags_alone(pseudo_label_main):
 
 def test_pseudo_label_rejects_a_config_it_cannot_use(pseudo_label_main):
     resolve = pseudo_label_main.resolve_settings
-    with pytest.raises(ValueError, match="config.task is 'classification'"):
-        resolve(_config("pretrain_classification.py", "plus"), _DEFAULTS, set())
+    config = _config("pretrain_classification.py", "plus")
+    config.task = "keypoints"
+    with pytest.raises(ValueError, match="config.task is 'keypoints'"):
+        resolve(config, _DEFAULTS, set())
     config = _config("detection.py", "student")
     config.self_training.score_threshold = 1.5
     with pytest.raises(ValueError, match=r"config.self_training.score_threshold: must be a "

@@ -144,7 +144,7 @@ def load(name: str, split: str, *, data_dir: str | None = None,
         keep_crowd: keep COCO crowd annotations as ordinary boxes (default: dropped).
         with_masks: `coco_json:` only: also emit a semantic `mask` from the
             polygon/RLE segmentations.
-        skip_counter: `images:` only: an `image_folder.SkipCounter` that records the
+        skip_counter: `images:` and `coco_json:`: an `image_folder.SkipCounter` that records the
             unreadable files skipped.
         keep_encoded: TFDS names only: also emit `image/encoded`, the stored bytes the
             image was decoded from (read once: the image is decoded from these bytes), so a
@@ -166,7 +166,8 @@ def load(name: str, split: str, *, data_dir: str | None = None,
         _check_single_split(name, split)
         ds = coco_json.load(annotations, image_dir, keep_crowd=keep_crowd,
                             with_masks=with_masks, fraction=fraction,
-                            shuffle=shuffle_files, seed=_shuffle_seed(read_config))
+                            shuffle=shuffle_files, seed=_shuffle_seed(read_config),
+                            skip_counter=skip_counter)
     elif name.startswith(IMAGES_PREFIX):
         _check_single_split(name, split)
         ds = image_folder.load(name[len(IMAGES_PREFIX):], skip_counter=skip_counter,
@@ -277,8 +278,16 @@ def info(name: str, data_dir: str | None = None) -> SourceInfo:
             class_names[DETECTION]) == len(COCO_CATEGORY_IDS):
         category_ids = COCO_CATEGORY_IDS
     return SourceInfo(name=name, tasks=tuple(tasks), num_classes=num_classes,
-                      class_names=class_names, splits=tuple(builder.info.splits.keys()),
+                      class_names=class_names, splits=_tfds_splits(builder),
                       category_ids=category_ids, mask_class_offset=mask_class_offset)
+
+
+def _tfds_splits(builder):
+    """The split names of a TFDS builder: its info's once prepared; before that, those its
+    config declares (`digit_scenes` configs' `split_sizes`), else none known (unchecked)."""
+    splits = tuple(builder.info.splits.keys())
+    declared = getattr(builder.builder_config, "split_sizes", None)
+    return splits or tuple(declared or ())
 
 
 def parse_coco_json_name(name: str) -> tuple[str, str]:

@@ -109,7 +109,7 @@ def serialize_detection(encoded_image: bytes, source_id, height: int, width: int
         "boxes/xmax": _floats(boxes[:, 2]), "boxes/ymax": _floats(boxes[:, 3]),
         "classes": _ints(classes), "scores": _floats(scores),
     })
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return _serialize(feature)
 
 
 def serialize_segmentation(encoded_image: bytes, source_id, height: int, width: int,
@@ -141,7 +141,7 @@ def serialize_segmentation(encoded_image: bytes, source_id, height: int, width: 
         "mask/mean_confidence": _floats([mean_confidence]),
         "mask/kept_fraction": _floats([kept]),
     })
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return _serialize(feature)
 
 
 def serialize_classification(encoded_image: bytes, source_id, height: int, width: int,
@@ -167,7 +167,14 @@ def serialize_classification(encoded_image: bytes, source_id, height: int, width
     feature = _common(encoded_image, source_id, height, width, CLASSIFICATION, image_format)
     feature.update({"label": _ints([label]), "score": _floats([probabilities[label]]),
                     "probabilities": _floats(probabilities)})
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return _serialize(feature)
+
+
+def _serialize(feature):
+    # deterministic=True: the feature map's order is otherwise random per process (upb), and
+    # a resumed run, another machine or a Beam worker must write the same bytes.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True)
 
 
 def _common(encoded_image, source_id, height, width, task, image_format):

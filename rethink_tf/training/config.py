@@ -6,6 +6,7 @@ hold variants: `get_config(arg)` with `--config=file.py:<variant>` (`parse_varia
 """
 
 import json
+import math
 import os
 
 import ml_collections
@@ -244,6 +245,8 @@ def _int(config, field, low=None, high=None):
 def _float(config, field, low=None, high=None, low_open=False, high_open=False):
     value = _get(config, field)
     _check_type(field, value, (int, float), "a number")
+    if not math.isfinite(value):  # NaN passes every range check; inf passes ">= 0"
+        _fail(field, f"must be finite, got {value}")
     _check_range(field, value, low, high, low_open, high_open)
     return value
 
@@ -403,6 +406,10 @@ def validate(config):
     for field in ("score_threshold", "pixel_threshold"):
         _float(config, f"self_training.{field}", 0.0, 1.0)
     _bool(config, "self_training.flip_tta")
+    unlabeled = _open_source(config, "self_training.unlabeled", st.unlabeled)
+    _check_split(config, "self_training.unlabeled_split", unlabeled)
+    if st.pseudo_labels:
+        _check_pseudo_labels(config)
     if st.flip_tta:
         for name in (config.dataset.name, st.unlabeled):
             if not hflip(config, name):
@@ -433,7 +440,6 @@ def is_joint(config):
 
 
 def _check_joint(config):
-    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
     j = config.joint
     if not isinstance(j.dataset, str):
         _fail("joint.dataset", f"must name a classification source, got {j.dataset!r}")
@@ -451,31 +457,49 @@ def _check_joint(config):
     if config.task not in ("detection", "segmentation"):
         _fail("task", f"joint training trains detection or segmentation with a classification "
                       f"set, not {config.task!r}")
-    try:
-        src = sources.info(j.dataset, data_dir=config.dataset.data_dir or None)
-    except Exception as e:  # noqa: BLE001  (any failure here means the source is unusable)
-        _fail("joint.dataset", f"cannot open {j.dataset!r}: {e}")
+    src = _open_source(config, "joint.dataset", j.dataset)
     if "classification" not in src.tasks:
         _fail("joint.dataset", f"{j.dataset} has no classification labels "
                                f"(it has {', '.join(src.tasks) or 'none'})")
-    base = j.split.split("[")[0].split("+")[0]
+    _check_split(config, "joint.split", src)
+
+
+def _open_source(config, field, name):
+    """`sources.info` of the source `config.<field>` names; fails naming the field."""
+    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
+    try:
+        return sources.info(name, data_dir=config.dataset.data_dir or None)
+    except Exception as e:  # noqa: BLE001  (any failure here means the source is unusable)
+        _fail(field, f"cannot open {name!r}: {e}")
+
+
+def _check_split(config, field, src):
+    """Fails naming `config.<field>` when its split (slices allowed) is not one of `src`'s."""
+    split = _get(config, field)
+    base = split.split("[")[0].split("+")[0]
     if src.splits and base not in src.splits:
-        _fail("joint.split", f"split {j.split!r} not in {j.dataset} "
-                             f"(splits: {', '.join(src.splits)})")
+        _fail(field, f"split {split!r} not in {src.name} (splits: {', '.join(src.splits)})")
+
+
+def _check_pseudo_labels(config):
+    """The pseudo labels a student trains on exist and are of its task and classes."""
+    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
+    field, path = "self_training.pseudo_labels", config.self_training.pseudo_labels
+    src = _open_source(config, field, sources.PSEUDO_PREFIX + path)
+    if config.task not in src.tasks:
+        _fail(field, f"{path!r} holds {', '.join(src.tasks)} pseudo labels; this config "
+                     f"trains {config.task}")
+    dataset = _open_source(config, "dataset.name", config.dataset.name)
+    want = dataset.num_classes.get(config.task)
+    if want and src.num_classes[config.task] != want:
+        _fail(field, f"{path!r} has {src.num_classes[config.task]} {config.task} classes; "
+                     f"{config.dataset.name} has {want}")
 
 
 def _check_dataset(config):
-    from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
-    try:
-        src = sources.info(config.dataset.name, data_dir=config.dataset.data_dir or None)
-    except Exception as e:  # noqa: BLE001  (any failure here means the dataset is unusable)
-        _fail("dataset.name", f"cannot open {config.dataset.name!r}: {e}")
+    src = _open_source(config, "dataset.name", config.dataset.name)
     for field in ("train_split", "eval_split"):
-        split = config.dataset[field]
-        base = split.split("[")[0].split("+")[0]
-        if src.splits and base not in src.splits:
-            _fail(f"dataset.{field}", f"split {split!r} not in {config.dataset.name} "
-                                      f"(splits: {', '.join(src.splits)})")
+        _check_split(config, f"dataset.{field}", src)
     if config.task not in src.tasks:
         _fail("task", f"{config.dataset.name} has no '{config.task}' labels "
                       f"(it has {', '.join(src.tasks)})")

@@ -222,10 +222,6 @@ _UNKNOWN_FIELDS = (
     "train.label_smoothing, model.dropout), e.g. `config.train.stepz: unknown field (= 5); "
     "did you mean 'steps'?`; today the typo is ignored, the run resumes and config.json is "
     "rewritten with it")
-_NON_FINITE = (
-    "needs lead change: rethink_tf/training/config.py _float() must reject NaN and +-inf "
-    "(`if not math.isfinite(value): _fail(field, f'must be finite, got {value}')`); NaN "
-    "passes every range check (nan <= 0 is False) and inf passes `>= 0`")
 _RESUME = (
     "needs lead change: rethink_tf/training/trainer.py train() must compare the workdir's "
     "config.json with the new config before building the model, on the fields that shape the "
@@ -233,17 +229,6 @@ _RESUME = (
     "'resnet_small' differs from 'resnet_tiny' in <workdir>/config.json, whose checkpoints "
     "are for it; use a new --workdir`; today the restore fails with TF's variable-shape "
     "message, which names neither the field nor the values")
-_UNLABELED = (
-    "needs lead change: rethink_tf/training/config.py validate() must open "
-    "self_training.unlabeled (sources.info, as _check_dataset does for dataset.name) and check "
-    "unlabeled_split against its splits; today a typo passes, and `python -m "
-    "rethink_tf.pipeline` fails only at its pseudo-label stage, after training the teacher")
-_PSEUDO_DIR = (
-    "needs lead change: rethink_tf/training/config.py validate() must read the manifest of "
-    "self_training.pseudo_labels when set (sources.info('pseudo:' + dir)) and fail naming the "
-    "field, the directory and the problem (no pseudo labels there; task 'detection' there vs "
-    "config.task; another number of classes); today the student fails only when its input "
-    "pipeline is built, after creating the workdir (config.json, tb/)")
 _TEACHER_INIT = (
     "needs lead change: rethink_tf/training/tasks.py _initialize_from_workdir (or validate) "
     "must compare the teacher workdir's config.json with the config (task, model.*) and fail "
@@ -273,9 +258,9 @@ CASES = [
     Case("negative-learning-rate", train({"train.learning_rate": -0.1}),
          ("config.train.learning_rate", "-0.1")),
     Case("nan-learning-rate", train({"train.learning_rate": float("nan")}),
-         ("config.train.learning_rate", "nan"), _NON_FINITE),
+         ("config.train.learning_rate", "nan")),
     Case("infinite-clipnorm", train({"train.clipnorm": float("inf")}),
-         ("config.train.clipnorm", "inf"), _NON_FINITE),
+         ("config.train.clipnorm", "inf")),
     Case("drop-path-rate-one", train({"model.drop_path_rate": 1.0}),
          ("config.model.drop_path_rate", "1.0")),
     Case("score-threshold-above-one", train({"self_training.score_threshold": 2.0}),
@@ -327,9 +312,9 @@ CASES = [
          train({"dataset.name": "images:{existing}/*.json", "dataset.train_split": "all",
                 "dataset.eval_split": "all"}), ("config.task", "images:{existing}/*.json")),
     Case("unlabeled-source-typo", train({"self_training.unlabeled": "digit_scenez/detection"}),
-         ("config.self_training.unlabeled", "digit_scenez/detection"), _UNLABELED),
+         ("config.self_training.unlabeled", "digit_scenez/detection")),
     Case("unlabeled-split-typo", train({"self_training.unlabeled_split": "unlabelled"}),
-         ("config.self_training.unlabeled_split", "unlabelled"), _UNLABELED),
+         ("config.self_training.unlabeled_split", "unlabelled")),
     Case("evaluate-split-typo", call(evaluate(split="valdiation")), ("split", "'valdiation'")),
     Case("evaluate-num-images-negative", call(evaluate(num_images=-1)), ("num_images", "-1")),
     # Another architecture or task than the workdir's.
@@ -351,11 +336,10 @@ CASES = [
     Case("student-on-pseudo-labels-of-other-task",
          train({"self_training.student": True, "self_training.pseudo_labels": "{pseudo}"},
                workdir="fresh", task="segmentation"),
-         ("config.self_training.pseudo_labels", "{pseudo}", "detection"), _PSEUDO_DIR),
+         ("config.self_training.pseudo_labels", "{pseudo}", "detection")),
     Case("student-on-a-folder-without-pseudo-labels",
          train({"self_training.student": True, "self_training.pseudo_labels": "{pretrain}"},
-               workdir="fresh"), ("config.self_training.pseudo_labels", "{pretrain}"),
-         _PSEUDO_DIR),
+               workdir="fresh"), ("config.self_training.pseudo_labels", "{pretrain}"),),
     Case("pretrain-with-detection-config", call(pretrain_detection_config),
          ("config.task", "'detection'")),
     Case("pipeline-pretrain-other-backbone",

@@ -124,11 +124,6 @@ def test_coco_json_skips_and_counts_undecodable_images(folder):
         assert f"image id {int(ids[name])}" in reasons[name] and word in reasons[name].lower()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs lead change: rethink_tf/data/sources.py load() must pass `skip_counter` to "
-    "coco_json.load (`coco_json.load(..., skip_counter=skip_counter)`) as it does to "
-    "image_folder.load, so that the pseudo-labeller's manifest (skipped_unreadable) and any "
-    "caller count coco_json: skips; today they are skipped but counted in a private counter"))
 def test_sources_load_counts_coco_json_skips(folder):
     counter = image_folder.SkipCounter()
     name = f"coco_json:{write_coco(folder)}:{folder}"

@@ -9,7 +9,6 @@ another machine or of a Beam worker differ byte for byte from an uninterrupted l
 """
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from rethink_tf.pseudo import records
@@ -20,21 +19,21 @@ def _records():
     return [
         records.serialize_detection(png, "scene/1", 6, 8, [[1, 1, 4, 5]], [3], [0.75]),
         records.serialize_segmentation(png, "scene/2", 6, 8, np.ones((6, 8), np.uint8), 0.5),
+        records.serialize_classification(png, "glyph/3", 6, 8, [0.1, 0.7, 0.2]),
     ]
 
 
 def test_records_parse_back_to_what_was_written():
-    detection, segmentation = (tf.train.Example.FromString(r) for r in _records())
+    detection, segmentation, classification = (tf.train.Example.FromString(r)
+                                               for r in _records())
     assert detection.features.feature["source_id"].bytes_list.value == [b"scene/1"]
     assert detection.features.feature["scores"].float_list.value == [0.75]
     assert segmentation.features.feature["source_id"].bytes_list.value == [b"scene/2"]
+    assert classification.features.feature["label"].int64_list.value == [1]
+    assert classification.features.feature["score"].float_list.value == [
+        np.float32(0.7)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs lead change: rethink_tf/pseudo/records.py serialize_detection and "
-    "serialize_segmentation must call `.SerializeToString(deterministic=True)`; the default "
-    "order of the feature map is random per process (upb), so shards written by a resumed "
-    "run, another --shard_index machine or a Beam worker differ in bytes from a local run's"))
 def test_records_are_serialised_deterministically():
     # Equal to the sorted-key serialisation: the same bytes in every process. (A random map
     # order matches it by chance with probability ~1/13!, so this cannot pass by luck.)

@@ -60,4 +60,5 @@ def test_flip_tta_on_digits_is_rejected_before_any_work(digit_scenes_data_dir):
         config_lib.validate(c)
     c.dataset.hflip = "on"  # forced: the user's call
     c.self_training.unlabeled = "images:/nowhere/*.jpg"
+    c.self_training.unlabeled_split = "all"
     config_lib.validate(c)
