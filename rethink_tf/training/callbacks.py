@@ -77,6 +77,48 @@ class TrainSummaries(keras.callbacks.Callback):
                   f"{images_per_s:.1f} img/s ETA {eta / 60:.1f} min", flush=True)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a non-finite loss term (the run diverged)."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops a diverging run at the first step whose loss terms are not finite, and before a
+    checkpoint of non-finite weights (batch-norm statistics overflow a step before the loss).
+
+    It raises out of `fit` (at a step's end, or at an epoch's end before `PeriodicCheckpoint`,
+    which it precedes): no checkpoint is written after the divergence, so the latest keeps the
+    last finite weights and no NaN weights reach the disk. The loss terms in `logs` are the
+    epoch's running means, so the first non-finite value names the step that diverged.
+    """
+
+    def __init__(self, manager=None):
+        super().__init__()
+        self.manager = manager
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = [f"{k} = {float(v)}" for k, v in (logs or {}).items()
+               if np.ndim(v) == 0 and not np.isfinite(float(v))]
+        if bad:
+            self._stop(", ".join(bad))
+
+    def on_epoch_end(self, epoch, logs=None):
+        bad = [v.path for v in self.model.weights
+               if v.dtype in ("float16", "float32", "float64")
+               and not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            self._stop(f"non-finite weights in {', '.join(bad[:3])}{more}")
+
+    def _stop(self, what):
+        latest = self.manager.latest_checkpoint if self.manager is not None else None
+        kept = (f"the latest checkpoint, {latest}, keeps the last finite weights"
+                if latest else "no checkpoint was written yet")
+        raise NonFiniteLossError(
+            f"training diverged at step {_step(self.model)}: {what}. Nothing was saved after "
+            f"it; {kept}. Lower train.learning_rate, lengthen train.warmup_steps or set "
+            "train.clipnorm, then re-run the same command: it resumes from that checkpoint.")
+
+
 class PeriodicCheckpoint(keras.callbacks.Callback):
     """Saves a checkpoint at every epoch end (an epoch is `checkpoint_every` steps)."""
 

@@ -181,11 +181,13 @@ def train(config, workdir, extra_callbacks=(), hooks=None):
         summaries = callbacks_lib.TrainSummaries(
             tb_train, config.train.log_every, config.train.batch_size, total,
             print_lines=callbacks_lib.console_mode(config.train.verbose)[1])
-        cbs = [summaries, callbacks_lib.StopAtStep(total),
+        # First: a non-finite step raises before anything else sees it (TensorBoard, saves).
+        cbs = [callbacks_lib.StopOnNonFinite(run.checkpoints), summaries,
+               callbacks_lib.StopAtStep(total),
                callbacks_lib.PeriodicEvaluation(evaluate_fn, config.train.eval_every, total),
                *extra_callbacks]
         if run.chief:
-            cbs.insert(1, callbacks_lib.PeriodicCheckpoint(run.checkpoints))
+            cbs.insert(2, callbacks_lib.PeriodicCheckpoint(run.checkpoints))
         run.model.fit(dataset, steps_per_epoch=every, epochs=-(-total // every),
                       initial_epoch=run.step // every, callbacks=cbs,
                       verbose=callbacks_lib.console_mode(config.train.verbose)[0])
