@@ -38,8 +38,8 @@ One record (a `tf.train.Example`) per pseudo-labelled image:
                                 and for inspection; `load_pseudo_labels` yields `label`)
 
 `load_pseudo_labels` reads them back as canonical examples (`image`, `source_id`, and
-`boxes`/`classes`, `mask` or `label`); scores are not canonical keys, so `load_pseudo_records` is the
-reader that keeps them.
+`boxes`/`classes`, `mask` or `label`); scores are not canonical keys, so
+`load_pseudo_records` is the reader that keeps them.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ num_output_shards, image_format, created, labeled_counts (the teacher's labelled
 shards_complete, complete, missing_shards, num_images (records), num_images_seen,
 num_dropped_empty, skipped_unreadable, skipped_files, and num_boxes, num_negatives,
 boxes_per_image (detection), num_pixels, num_pixels_kept, kept_fraction, mean_confidence
-(segmentation) or mean_confidence of the kept labels (classification), per_class {name: pseudo count and fraction next to the labelled set's}, updated.
+(segmentation) or mean_confidence of the kept labels (classification),
+per_class {name: pseudo count and fraction next to the labelled set's}, updated.
 """
 
 from __future__ import annotations

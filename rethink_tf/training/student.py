@@ -116,12 +116,12 @@ class StudentMixin:
             per_example = losses_lib.smoothed_cross_entropy_per_example(
                 ops.concatenate([h_targets, p_targets], axis=0), ops.cast(y_pred, "float32"),
                 self.label_smoothing)
-            sizes = [ops.cast(human_size, "float32"),
-                     ops.cast(ops.shape(per_example)[0] - human_size, "float32")]
-            human, pseudo = per_example[:human_size], per_example[human_size:]
-            return (ops.divide_no_nan(ops.sum(human), losses_lib.cross_replica_normalizer(sizes[0])),
-                    ops.divide_no_nan(ops.sum(pseudo), losses_lib.cross_replica_normalizer(sizes[1])),
-                    {"human_targets": sizes[0], "pseudo_targets": sizes[1]})
+            parts = (per_example[:human_size], per_example[human_size:])
+            counts = [ops.cast(ops.shape(part)[0], "float32") for part in parts]
+            human, pseudo = (ops.divide_no_nan(ops.sum(part),
+                                               losses_lib.cross_replica_normalizer(count))
+                             for part, count in zip(parts, counts))
+            return human, pseudo, {"human_targets": counts[0], "pseudo_targets": counts[1]}
         loss_sum, count = losses_lib.masked_sparse_categorical_crossentropy_per_example(
             ops.concatenate([h_targets, p_targets], axis=0), y_pred)
         return (losses_lib.normalised_pixel_loss(loss_sum[:human_size], count[:human_size]),
