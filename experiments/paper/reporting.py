@@ -1,0 +1,713 @@
+"""REPORT.md, report.json and the plots, from the study's workdirs (their JSON files only).
+
+Reads, under ROOT: `cells/<cell>/<seed dir>/cell.json` (the harness's record of each job:
+cell, seed, status, wall times, commands, commit), `metrics_<test split>.json` (every reported
+number), `metrics.json` and `metrics_history.jsonl` (validation: convergence curves),
+`config.json` (steps), `pipeline.json` (pipeline cells), and `pseudo/*/*/cell.json` with the
+pseudo labels' `quality.json` / `manifest.json`. Nothing is re-evaluated; no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import glob
+import json
+import math
+import os
+import subprocess
+
+import stats
+import tables
+
+PRIMARY = {"detection": "AP", "segmentation": "mIoU"}
+CONFIDENCE = 0.95
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the workdirs.
+# ------------------------------------------------------------------------------------------
+
+def _read(path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def _history(path):
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        continue  # a line cut by a kill
+    except OSError:
+        pass
+    return out
+
+
+@dataclasses.dataclass
+class Run:
+    """What the report knows of one job's workdir."""
+    cell: str
+    seed: int
+    stage: str
+    workdir: str
+    record: dict
+    test: dict  # {part or "": metrics_<test split>.json}
+    history: dict  # {part or "": [validation records]}
+    config: dict  # {part or "": config.json}
+    pipeline: dict | None = None
+
+
+def load_runs(root):
+    """{(cell, seed): Run} for every workdir under ROOT/cells with a cell.json."""
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(root, "cells", "*", "*", "cell.json"))):
+        workdir = os.path.dirname(path)
+        record = _read(path, {})
+        if not record.get("cell"):
+            continue
+        split = record.get("test_split", "test")
+        parts = ("teacher", "student") if record.get("stage") == "pipeline" else ("",)
+        test, history, config = {}, {}, {}
+        for part in parts:
+            d = os.path.join(workdir, part) if part else workdir
+            m = _read(os.path.join(d, f"metrics_{split}.json"))
+            if m is not None:
+                test[part] = m
+            history[part] = _history(os.path.join(d, "metrics_history.jsonl"))
+            config[part] = _read(os.path.join(d, "config.json"), {})
+        run = Run(record["cell"], int(record.get("seed", 0)), record.get("stage", ""), workdir,
+                  record, test, history, config,
+                  pipeline=_read(os.path.join(workdir, "pipeline.json")))
+        runs[(run.cell, run.seed)] = run
+    return runs
+
+
+def load_pseudo(root):
+    """[(record, quality or None, manifest or None)] for every pseudo-label directory."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(root, "pseudo", "*", "*", "cell.json"))):
+        d = os.path.dirname(path)
+        out.append((_read(path, {}), _read(os.path.join(d, "quality.json")),
+                    _read(os.path.join(d, "manifest.json"))))
+    return out
+
+
+def entry_values(runs, entry, metric):
+    """{seed: value} of `entry` (a table Entry) for `metric` on the test split."""
+    out = {}
+    for (cell, seed), run in runs.items():
+        if cell != entry.cell:
+            continue
+        m = run.test.get(entry.part)
+        if m is not None and isinstance(m.get(metric), (int, float)):
+            out[seed] = float(m[metric])
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Convergence (T9).
+# ------------------------------------------------------------------------------------------
+
+def validation_curve(run, metric, part=""):
+    """[(step, value)] of the run's evaluations on its eval (validation) split."""
+    split = run.config.get(part, {}).get("dataset", {}).get("eval_split")
+    out = {}
+    for rec in run.history.get(part, []):
+        if metric in rec and (split is None or rec.get("split") == split):
+            out[int(rec["step"])] = float(rec[metric])
+    return sorted(out.items())
+
+
+def convergence(runs, table, metric="AP", fraction_of_final=0.8):
+    """Steps to a fixed validation value for T9's rows.
+
+    The threshold is `fraction_of_final` of the lowest mean final validation value among the
+    rows (so every row can reach it); a seed that never does counts as its last step plus
+    one evaluation interval and is marked censored.
+
+    Returns:
+      (threshold or None, {row: {seed: steps}}, {row: {seed: censored}}, {row: {seed: curve}})
+    """
+    curves, finals = {}, {}
+    for (row, _), entry in table.entries.items():
+        curves[row] = {}
+        for (cell, seed), run in runs.items():
+            if cell == entry.cell:
+                curve = validation_curve(run, metric, entry.part)
+                if curve:
+                    curves[row][seed] = curve
+        if curves[row]:
+            finals[row] = sum(c[-1][1] for c in curves[row].values()) / len(curves[row])
+    if not finals or min(finals.values()) <= 0:  # nothing learned: no threshold to reach
+        return None, {}, {}, curves
+    threshold = fraction_of_final * min(finals.values())
+    steps, censored = {}, {}
+    for row, by_seed in curves.items():
+        steps[row], censored[row] = {}, {}
+        for seed, curve in by_seed.items():
+            s = stats.first_step_reaching(curve, threshold)
+            if s is None:
+                interval = curve[-1][0] - curve[-2][0] if len(curve) > 1 else curve[-1][0]
+                s, censored[row][seed] = curve[-1][0] + interval, True
+            else:
+                censored[row][seed] = False
+            steps[row][seed] = float(s)
+    return threshold, steps, censored, curves
+
+
+# ------------------------------------------------------------------------------------------
+# Tables and findings.
+# ------------------------------------------------------------------------------------------
+
+def table_results(runs, table):
+    """{(row, column): {"cell", "values", "interval"}} of a table's test metric."""
+    metric = PRIMARY[table.task]
+    out = {}
+    if table.curves:
+        _, steps, censored, _ = convergence(runs, table, metric)
+        for where in table.entries:
+            values = steps.get(where[0], {})
+            out[where] = {"cell": table.entries[where].key, "values": values,
+                          "censored": censored.get(where[0], {}),
+                          "interval": stats.t_interval(list(values.values()), CONFIDENCE)}
+        return out
+    for where, entry in table.entries.items():
+        values = entry_values(runs, entry, metric)
+        out[where] = {"cell": entry.key, "values": values,
+                      "interval": stats.t_interval(list(values.values()), CONFIDENCE)}
+    return out
+
+
+def _metric_of_entry(entry):
+    task = tables.CELLS[entry.cell].task
+    return PRIMARY.get(task, "AP")
+
+
+def check_result(runs, check, steps_table=None):
+    """A finding's check: paired differences over seeds, interval and verdict."""
+    if check.metric == "steps_to":
+        _, steps, _, _ = convergence(runs, steps_table, "AP") if steps_table else (
+            None, {}, {}, {})
+        by_cell = {}
+        for (row, _), entry in (steps_table.entries.items() if steps_table else []):
+            by_cell[entry.key] = steps.get(row, {})
+        get = lambda e: by_cell.get(e.key, {})  # noqa: E731
+    else:
+        get = lambda e: entry_values(runs, e, _metric_of_entry(e))  # noqa: E731
+    plus = [get(e) for e in check.plus]
+    minus = [get(e) for e in check.minus]
+    missing = sorted({e.key for e, v in zip(check.plus + check.minus, plus + minus) if not v})
+    diffs = stats.paired_differences(plus, minus) if not missing else {}
+    interval = stats.t_interval(list(diffs.values()), CONFIDENCE)
+    verdict = stats.NOT_RUN if missing or not diffs else stats.verdict(interval,
+                                                                     check.direction)
+    return {"label": check.label, "direction": check.direction, "differences": diffs,
+            "interval": interval, "verdict": verdict, "missing": missing}
+
+
+def finding_results(runs):
+    """[(finding, [check results], verdict)] for every finding."""
+    out = []
+    for finding in tables.FINDINGS:
+        results = [check_result(runs, c, tables.TABLES["T9"]) for c in finding.checks]
+        out.append((finding, results, stats.combine([r["verdict"] for r in results])))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Rendering.
+# ------------------------------------------------------------------------------------------
+
+def _git_head():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=tables.REPO, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _fmt_cell(result, table):
+    interval = result["interval"]
+    if interval.n == 0:
+        return "not run"
+    digits = 0 if table.curves else 3
+    text = stats.format_interval(interval, digits)
+    if any(result.get("censored", {}).values()):
+        text += " (censored)"
+    return f"{text} (n={interval.n})" if math.isfinite(interval.half_width) else text
+
+
+def render_table(table, results, runs=None, settings=None):
+    """A table in Markdown; with `settings`, a line naming what its rows pre-trained on."""
+    metric = "steps" if table.curves else PRIMARY[table.task]
+    lines = [f"### {table.key}. {table.title}", "",
+             f"Test {metric}" if not table.curves else
+             "Steps to the validation-AP threshold (mean ± 95 % interval over seeds)", "",
+             "| | " + " | ".join(table.columns) + " |",
+             "|---|" + "---|" * len(table.columns)]
+    for row in table.rows:
+        cells = []
+        for col in table.columns:
+            r = results.get((row, col))
+            cells.append("" if r is None else _fmt_cell(r, table))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if table.curves and runs is not None:
+        threshold, _, _, curves = convergence(runs, table, "AP")
+        if threshold is not None:
+            lines += ["", f"Threshold: validation AP {threshold:.4f}."]
+        elif any(curves.values()):
+            lines += ["", "No threshold: a row's mean final validation AP is 0 (nothing "
+                          "learned at this scale)."]
+    if table.paper:
+        lines += ["", f"*Paper:* {table.paper}"]
+    if table.note:
+        lines += ["", table.note]
+    if settings is not None:
+        lines += _pretraining_line(table, settings)
+    return lines
+
+
+def _pretraining_line(table, settings):
+    described = [tables.describe_pretraining(n, settings)
+                 for n in tables.pretrain_cells_of([table.key])]
+    if not described:
+        return []
+    return ["", "Pre-training: " + "; ".join(
+        f"{d['label']} = {d['recipe']} on `{d['corpus']}`" for d in described) + "."]
+
+
+def render_pretraining(settings, keys):
+    """The header's list of the initialisations: what each pre-training cell learns from."""
+    lines = ["- Pre-training (this benchmark's stand-ins for the paper's; each run once and "
+             "shared by every seed):"]
+    for name in tables.pretrain_cells_of(keys):
+        d = tables.describe_pretraining(name, settings)
+        lines.append(f"  - **{d['label']}** (`{name}`): {d['recipe']} on `{d['corpus']}`: "
+                     f"{d['detail']}.")
+    return lines
+
+
+def render_finding(finding, results, verdict):
+    tag = "hypothesis beyond the paper" if finding.beyond else "paper finding"
+    lines = [f"### {finding.claim}: **{verdict}**", "",
+             f"*{tag}*" + (f"; paper: {finding.paper}" if finding.paper else ""), "",
+             "| comparison (paired by seed) | expected | difference, mean ± 95 % interval "
+             "[low, high] | n | verdict |", "|---|---|---|---|---|"]
+    for r in results:
+        iv = r["interval"]
+        if r["verdict"] == stats.NOT_RUN:
+            diff = "missing: " + ", ".join(r["missing"]) if r["missing"] else "no common seeds"
+            lines.append(f"| {r['label']} | {'> 0' if r['direction'] > 0 else '< 0'} | "
+                         f"{diff} | 0 | not run |")
+            continue
+        bounds = (f" [{iv.low:+.4f}, {iv.high:+.4f}]" if math.isfinite(iv.half_width) else "")
+        lines.append(f"| {r['label']} | {'> 0' if r['direction'] > 0 else '< 0'} | "
+                     f"{iv.mean:+.4f} ± {iv.half_width:.4f}{bounds} | {iv.n} | "
+                     f"{r['verdict']} |")
+    counts = {v: sum(r["verdict"] == v for r in results) for v in stats.VERDICTS}
+    lines += ["", "Checks: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."]
+    return lines
+
+
+def job_wall_s(record):
+    """A job's wall time: its processes' as run.py measured them (start-up included), summed
+    over resumptions; else the sum of the stages the job timed itself."""
+    attempts = record.get("attempts") or []
+    if attempts:
+        return float(sum(a.get("wall_s", 0.0) for a in attempts))
+    return float(sum(record.get("wall_s", {}).values()))
+
+
+def measured_time_by_table(runs, pseudo, table_keys):
+    """{table: (jobs, seconds)}: wall time of the jobs each table needs first (a shared job
+    counts in the first table that uses it, as in run.py's estimate)."""
+    first = {}
+    for key in table_keys:
+        for entry in tables.TABLES[key].entries.values():
+            for name in tables.dependencies(entry.cell):
+                first.setdefault(name, key)
+    out = {key: [0, 0.0] for key in table_keys}
+    for run in runs.values():
+        key = first.get(run.cell)
+        if key in out:
+            out[key][0] += 1
+            out[key][1] += job_wall_s(run.record)
+    for record, _, _ in pseudo:
+        key = first.get(record.get("cell"))
+        if key in out:
+            out[key][0] += 1
+            out[key][1] += job_wall_s(record)
+    return out
+
+
+def render(root, out_dir=None, plots=True):
+    """Writes REPORT.md, report.json and plots; returns the report.json dict.
+
+    Args:
+      root: the study's directory.
+      out_dir: where the files go (default: root).
+      plots: draw the PNG plots (needs matplotlib).
+    """
+    import harness  # pylint: disable=g-import-not-at-top  (tables + planning only)
+    out_dir = out_dir or root
+    os.makedirs(out_dir, exist_ok=True)
+    study = _read(os.path.join(root, "study.json"), {})
+    runs = load_runs(root)
+    pseudo = load_pseudo(root)
+    table_results_ = {k: table_results(runs, t) for k, t in tables.TABLES.items()}
+    findings = finding_results(runs)
+    commits = sorted({r.record.get("git_commit", "unknown") for r in runs.values()})
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    head = _git_head()
+    settings = study_settings(root, study)
+    dataset = settings.dataset
+    keys = [k for k, t in tables.TABLES.items() if dataset in t.datasets]
+    lines = ["# Rethinking Pre-training and Self-training: the study, measured", "",
+             f"Generated {now} by `python experiments/paper/report.py --root={root}` from the "
+             "workdirs' JSON files only.", "",
+             f"- Repository at report time: `{head}` (`git rev-parse HEAD`); runs made at: "
+             + (", ".join(f"`{c}`" for c in commits) or "none") + ".",
+             f"- Study: dataset preset `{dataset}`, scale {study.get('scale', '?')}, "
+             f"evaluation images {study.get('eval_images') or 'all'}; started with "
+             f"`{study.get('command', '?')}`." + (
+                 f" **A smoke run** (scale <= {tables.SMOKE_SCALE:g}): it checks the "
+                 "plumbing; its numbers and verdicts mean nothing." if settings.smoke else ""),
+             *render_pretraining(settings, keys),
+             "- Every number is measured on the **test** split (the best checkpoint, pseudo-"
+             "label thresholds and all other settings were chosen on `validation`).",
+             "- Cells show the mean over seeds ± the half-width of the two-sided **95 % "
+             "Student-t interval**, t(0.975, n-1) · s / √n, with n the number of seeds; "
+             "\"(n=1)\" has no interval. A comparison is made per seed (paired difference; "
+             "difference of differences for interactions) and its interval is over those "
+             "differences.",
+             "- Verdicts: **reproduced** when the 95 % interval of the paired difference "
+             "excludes 0 in the paper's direction, **contradicted** when it excludes 0 the "
+             "other way, **inconclusive** otherwise, **not run** when a cell is missing. A "
+             "finding is reproduced when every check that ran is, contradicted when any "
+             "check is.", "",
+             "## Findings", ""]
+    summary = ["| finding | verdict | checks |", "|---|---|---|"]
+    for finding, results, verdict in findings:
+        counts = ", ".join(f"{sum(r['verdict'] == v for r in results)} {v}"
+                           for v in stats.VERDICTS if any(r['verdict'] == v for r in results))
+        claim = finding.claim + (" *(beyond the paper)*" if finding.beyond else "")
+        summary.append(f"| {claim} | **{verdict}** | {counts} |")
+    lines += summary + [""]
+    for finding, results, verdict in findings:
+        lines += render_finding(finding, results, verdict) + [""]
+    lines += ["## Tables", ""]
+    for key in keys:
+        lines += render_table(tables.TABLES[key], table_results_[key], runs, settings) + [""]
+    if plots:
+        names = write_plots(runs, table_results_, findings, out_dir)
+        if names:
+            lines += ["## Plots", ""] + [f"![{n}]({n})" for n in names] + [""]
+        else:
+            lines += ["## Plots", "", "matplotlib is not installed: no plots.", ""]
+    lines += render_pseudo(pseudo, runs)
+    lines += render_time(settings, keys, runs, pseudo, harness)
+    lines += render_cells(runs, pseudo)
+    text = "\n".join(lines) + "\n"
+    _write(os.path.join(out_dir, "REPORT.md"), text)
+    data = {"generated": now, "git_head": head, "run_commits": commits, "study": study,
+            "confidence": CONFIDENCE,
+            "tables": {k: {f"{r} | {c}": {"cell": v["cell"],
+                                          "values": {str(s): x for s, x in v["values"].items()},
+                                          **v["interval"].to_dict()}
+                           for (r, c), v in res.items()}
+                       for k, res in table_results_.items()},
+            "findings": [{"key": f.key, "claim": f.claim, "beyond_paper": f.beyond,
+                          "verdict": verdict, "paper": f.paper,
+                          "checks": [{"label": r["label"], "direction": r["direction"],
+                                      "verdict": r["verdict"], "missing": r["missing"],
+                                      "differences": {str(s): d for s, d in
+                                                      r["differences"].items()},
+                                      **r["interval"].to_dict()} for r in results]}
+                         for f, results, verdict in findings],
+            "cells": [{"cell": r.cell, "seed": r.seed, "stage": r.stage,
+                       "status": r.record.get("status"), "wall_s": r.record.get("wall_s"),
+                       "commands": r.record.get("commands"),
+                       "git_commit": r.record.get("git_commit"),
+                       "test": r.test} for r in runs.values()]}
+    _write(os.path.join(out_dir, "report.json"), json.dumps(data, indent=2, default=str))
+    return data
+
+
+def _write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def render_pseudo(pseudo, runs=None):
+    """The pseudo labels of every teacher: counts, and their quality at the threshold used
+    where the unlabeled pool keeps hidden ground truth (quality.json; pipeline.json for
+    pipeline cells)."""
+    rows = []
+    for record, quality, manifest in pseudo:
+        cell = tables.CELLS.get(record.get("cell"))
+        rows.append((record.get("spec", {}).get("teacher", "?"),
+                     "shared" if cell and cell.shared else record.get("seed"),
+                     manifest or {}, quality))
+    for run in sorted((runs or {}).values(), key=lambda r: (r.cell, r.seed)):
+        st = run.config.get("student", {}).get("self_training", {})
+        for rnd in (run.pipeline or {}).get("rounds", []):
+            p = {"unlabeled": {"source": st.get("unlabeled", "?"),
+                               "split": st.get("unlabeled_split", "")}, **rnd.get("pseudo", {})}
+            rows.append((f"{run.cell}/teacher", run.seed, p, p.get("quality")))
+    if not rows:
+        return []
+    lines = ["## Pseudo labels", "",
+             "Per teacher and seed: the unlabeled pool, images labelled, labels kept, and "
+             "(where the pool keeps hidden ground truth) the labels' quality at the threshold "
+             "used (quality.json).", "",
+             "| teacher | seed | unlabeled | threshold | images | labels | quality at the "
+             "threshold |", "|---|---|---|---|---|---|---|"]
+    for teacher, seed, manifest, quality in rows:
+        threshold = manifest.get("score_threshold", manifest.get("pixel_threshold"))
+        unl = manifest.get("unlabeled", {})
+        source = (f"{unl.get('source', '?')} {unl.get('split', '')}" if isinstance(unl, dict)
+                  else str(unl or "?"))
+        q = _quality_at_threshold(quality, threshold)
+        shown = ", ".join(f"{k} {_f(v)}" for k, v in q.items()
+                          if k in ("precision", "recall", "AP50", "pixel_accuracy", "mIoU",
+                                   "accuracy", "kept_fraction"))
+        lines.append(f"| {teacher} | {seed} | {source} | {_f(threshold)} | "
+                     f"{manifest.get('num_images', '')} | {_labels_kept(manifest)} | {shown} |")
+    return lines + [""]
+
+
+def _labels_kept(manifest):
+    """'1.500 boxes/image', '0.420 of pixels' or '950 of 1000 images' (classification: an
+    image below the threshold gets no label)."""
+    if "boxes_per_image" in manifest:
+        return f"{_f(manifest.get('boxes_per_image'))} boxes/image"
+    if "kept_fraction" in manifest:
+        return f"{_f(manifest.get('kept_fraction'))} of pixels"
+    if manifest.get("task") == "classification":
+        return f"{manifest.get('num_images')} of {manifest.get('num_images_seen')} images"
+    return ""
+
+
+def _quality_at_threshold(quality, threshold):
+    """The quality.json row of `threshold` ({} if there is none)."""
+    if not isinstance(quality, dict) or threshold is None:
+        return {}
+    for row in quality.get("thresholds") or []:
+        if isinstance(row, dict) and row.get("threshold") is not None and math.isclose(
+                float(row["threshold"]), float(threshold)):
+            return row
+    return {}
+
+
+def _f(value):
+    return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def study_settings(root, study):
+    """The harness's settings a study ran with (study.json; the defaults where it has none)."""
+    return tables.Settings(root=root, dataset=study.get("dataset", "digit_scenes"),
+                           scale=float(study.get("scale", 1.0)),
+                           eval_images=int(study.get("eval_images") or 0))
+
+
+def render_time(settings, keys, runs, pseudo, harness):
+    measured = measured_time_by_table(runs, pseudo, keys)
+    lines = ["## Time", "",
+             "Wall time of the jobs each table needed first (a shared pre-training or "
+             "teacher run counts once, in the first table that uses it), summed over "
+             "resumptions, against run.py's estimate for a quiet 2-core CPU at this scale "
+             "(each table's default seeds).", "",
+             "| table | jobs run | measured | estimate (all its jobs) |",
+             "|---|---|---|---|"]
+    estimate = {}
+    try:
+        jobs = harness.plan(settings, keys)
+        estimate = {k: s for k, _, s in harness.estimate_by_table(jobs, settings, keys)}
+    except (ValueError, KeyError):
+        pass
+    total_m = total_e = 0.0
+    for key in keys:
+        n, s = measured[key]
+        e = estimate.get(key, math.nan)
+        total_m += s
+        total_e += e if math.isfinite(e) else 0.0
+        lines.append(f"| {key} | {n} | {harness.format_duration(s)} | "
+                     f"{harness.format_duration(e) if math.isfinite(e) else '?'} |")
+    lines.append(f"| all | {sum(n for n, _ in measured.values())} | "
+                 f"{harness.format_duration(total_m)} | {harness.format_duration(total_e)} |")
+    return lines + [""]
+
+
+def render_cells(runs, pseudo):
+    lines = ["## Cells", "",
+             "Every workdir: status, wall time, commit, and the commands that reproduce it "
+             "(`python -m rethink_tf...` from the repository root; the harness ran the same "
+             "calls in `experiments/paper/cell.py`).", "",
+             "| cell | seed | status | wall | test | commit |", "|---|---|---|---|---|---|"]
+    for run in sorted(runs.values(), key=lambda r: (r.cell, r.seed)):
+        wall = job_wall_s(run.record)
+        test = "; ".join(
+            f"{part + ' ' if part else ''}{k} {m[k]:.4f}" for part, m in run.test.items()
+            for k in ("AP", "mIoU") if isinstance(m.get(k), (int, float)))
+        if run.stage == "pretrain":
+            m = run.record.get("metrics", {})
+            test = f"top1 {m['top1']:.4f} (validation)" if "top1" in m else ""
+        lines.append(f"| {run.cell} | {'shared' if run.stage == 'pretrain' else run.seed} | "
+                     f"{run.record.get('status')} | {wall / 60:.1f} min | {test} | "
+                     f"`{str(run.record.get('git_commit', ''))[:12]}` |")
+    lines += ["", "<details><summary>Commands</summary>", ""]
+    for run in sorted(runs.values(), key=lambda r: (r.cell, r.seed)):
+        lines += [f"**{run.cell}**, seed {run.seed}:", "```"]
+        lines += run.record.get("commands") or ["(not recorded)"]
+        lines += ["```", ""]
+    for record, _, _ in pseudo:
+        lines += [f"**pseudo labels of {record.get('spec', {}).get('teacher', '?')}**, seed "
+                  f"{record.get('seed')}:", "```"]
+        lines += record.get("commands") or ["(not recorded)"]
+        lines += ["```", ""]
+    lines += ["</details>", ""]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------
+# Plots.
+# ------------------------------------------------------------------------------------------
+
+def write_plots(runs, results, findings, out_dir):
+    """The four PNGs (Agg backend); returns their file names ([] without matplotlib)."""
+    try:
+        import matplotlib  # pylint: disable=g-import-not-at-top
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        return []
+    names = []
+    for name, fn in (("ap_vs_fraction.png", _plot_fraction),
+                     ("ap_vs_augmentation.png", _plot_augmentation),
+                     ("self_training_gain.png", _plot_gain),
+                     ("convergence.png", _plot_convergence)):
+        fig = fn(plt, runs, results, findings)
+        if fig is not None:
+            fig.savefig(os.path.join(out_dir, name), dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            names.append(name)
+    return names
+
+
+def _err(interval):
+    return interval.half_width if math.isfinite(interval.half_width) else 0.0
+
+
+def _plot_fraction(plt, runs, results, findings):
+    del runs, findings
+    if not any(r["interval"].n for r in results["T2"].values()):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    xs = [0.2, 0.5, 1.0]
+    for ax, aug in zip(axes, ("s1", "s4")):
+        for init in ("rand", "imagenet", "imagenet_plus"):
+            row = f"{tables.INITS[init]}, {tables.AUG_LABEL[aug]}"
+            pts = [(x, results["T2"].get((row, tables.FRAC_LABEL[x]))) for x in xs]
+            pts = [(x, r["interval"]) for x, r in pts if r and r["interval"].n]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1].mean for p in pts],
+                            yerr=[_err(p[1]) for p in pts], marker="o", capsize=3,
+                            label=tables.INITS[init])
+        ax.set_title(f"{tables.AUG_LABEL[aug]}")
+        ax.set_xlabel("labelled fraction")
+        ax.set_xticks(xs)
+    axes[0].set_ylabel("test AP (mean ± 95 % CI)")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle("AP vs label fraction per initialisation (T2)")
+    return fig
+
+
+def _plot_augmentation(plt, runs, results, findings):
+    del runs, findings
+    if not any(r["interval"].n for r in results["T3"].values()):
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    xs = list(range(1, 5))
+    for i, init in enumerate(("rand", "imagenet", "imagenet_plus")):
+        color = f"C{i}"
+        for suffix, style in (("", "-"), (" + self-training", "--")):
+            row = tables.INITS[init] + suffix
+            pts = [(x, results["T3"].get((row, tables.AUG_LABEL[f"s{x}"]))) for x in xs]
+            pts = [(x, r["interval"]) for x, r in pts if r and r["interval"].n]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1].mean for p in pts],
+                            yerr=[_err(p[1]) for p in pts], marker="o", capsize=3,
+                            linestyle=style, color=color, label=row)
+    ax.set_xticks(xs, [tables.AUG_LABEL[f"s{x}"] for x in xs])
+    ax.set_ylabel("test AP (mean ± 95 % CI)")
+    ax.set_title("AP vs augmentation strength per initialisation (T1, T3)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_gain(plt, runs, results, findings):
+    del runs, results
+    checks = next((r for f, r, _ in findings if f.key == "self_training_helps"), [])
+    checks = [c for c in checks if c["verdict"] != stats.NOT_RUN]
+    if not checks:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(4, len(checks)) + 1))
+    ys = list(range(len(checks)))
+    ax.barh(ys, [c["interval"].mean for c in checks],
+            xerr=[_err(c["interval"]) for c in checks], capsize=3,
+            color=["C2" if c["verdict"] == stats.REPRODUCED else
+                   "C3" if c["verdict"] == stats.CONTRADICTED else "C7" for c in checks])
+    ax.set_yticks(ys, [_gain_label(c["label"]) for c in checks], fontsize=7)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("student - teacher, test AP (mean ± 95 % CI, paired by seed)")
+    ax.set_title("Self-training gain per cell (T3, T4)")
+    return fig
+
+
+def _gain_label(label):
+    """'ImageNet + self-training - ImageNet at Augment-S4, 100 %' -> 'ImageNet, Augment-S4,
+    100 %'."""
+    if " + self-training - " in label and " at " in label:
+        return f"{label.split(' + self-training - ')[0]}, {label.split(' at ', 1)[1]}"
+    return label
+
+
+def _plot_convergence(plt, runs, results, findings):
+    del results, findings
+    threshold, _, _, curves = convergence(runs, tables.TABLES["T9"], "AP")
+    if not any(curves.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, (row, by_seed) in enumerate(curves.items()):
+        if not by_seed:
+            continue
+        steps = sorted({s for c in by_seed.values() for s, _ in c})
+        means, lows, highs = [], [], []
+        for s in steps:
+            vals = [dict(c)[s] for c in by_seed.values() if s in dict(c)]
+            means.append(sum(vals) / len(vals))
+            lows.append(min(vals))
+            highs.append(max(vals))
+        ax.plot(steps, means, marker="o", color=f"C{i}", label=f"{row} (n={len(by_seed)})")
+        ax.fill_between(steps, lows, highs, color=f"C{i}", alpha=0.15)
+    if threshold is not None:
+        ax.axhline(threshold, color="k", ls=":", lw=0.8, label="threshold")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation AP (mean; band: min-max over seeds)")
+    ax.set_title("Convergence per initialisation (T9, Augment-S4)")
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,169 @@
+"""The report's arithmetic: t-intervals over seeds, paired differences, verdicts.
+
+Small pure functions (floats and dicts in, floats and strings out), each tested against a
+NumPy / SciPy reference in tests/test_paper_harness.py.
+
+A seed is the unit of replication: a cell's seeds are independent runs, and two cells with
+the same seed share it (same data order and initial draws), so a comparison of two cells is
+made per seed (a paired difference) and the interval is over those differences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping, Sequence
+
+REPRODUCED = "reproduced"
+CONTRADICTED = "contradicted"
+INCONCLUSIVE = "inconclusive"
+NOT_RUN = "not run"
+VERDICTS = (REPRODUCED, CONTRADICTED, INCONCLUSIVE, NOT_RUN)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """Mean and two-sided Student-t interval of a sample.
+
+    Attributes:
+      mean: the sample mean (nan for no values).
+      half_width: t_{(1+confidence)/2, n-1} * s / sqrt(n); nan for fewer than 2 values.
+      n: the number of values.
+      confidence: e.g. 0.95.
+    """
+    mean: float
+    half_width: float
+    n: int
+    confidence: float = 0.95
+
+    @property
+    def low(self):
+        return self.mean - self.half_width
+
+    @property
+    def high(self):
+        return self.mean + self.half_width
+
+    def excludes_zero(self):
+        """+1 if the whole interval is above 0, -1 if below, 0 if it holds 0 (or is undefined)."""
+        if not math.isfinite(self.half_width):
+            return 0
+        if self.low > 0:
+            return 1
+        if self.high < 0:
+            return -1
+        return 0
+
+    def to_dict(self):
+        return {"mean": _json_float(self.mean), "half_width": _json_float(self.half_width),
+                "low": _json_float(self.low), "high": _json_float(self.high), "n": self.n,
+                "confidence": self.confidence}
+
+
+def _json_float(x):
+    return x if math.isfinite(x) else None
+
+
+def t_quantile(p, df):
+    """The p-quantile of Student's t with `df` degrees of freedom (SciPy's t.ppf)."""
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    return float(stats.t.ppf(p, df))
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean ± t-interval of `values` (sample standard deviation, n - 1 degrees of freedom).
+
+    Args:
+      values: the per-seed numbers (non-finite values are an error: a run that diverged
+        must be looked at, not averaged).
+      confidence: the two-sided coverage, in (0, 1).
+
+    Returns:
+      An `Interval`; half_width is nan for fewer than 2 values (no spread to estimate) and 0
+      when all values are equal.
+
+    Raises:
+      ValueError: for a confidence outside (0, 1) or a non-finite value.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    xs = [float(v) for v in values]
+    if any(not math.isfinite(x) for x in xs):
+        raise ValueError(f"non-finite value in {xs}")
+    n = len(xs)
+    if n == 0:
+        return Interval(math.nan, math.nan, 0, confidence)
+    mean = math.fsum(xs) / n
+    if n < 2:
+        return Interval(mean, math.nan, n, confidence)
+    if min(xs) == max(xs):  # no spread (and no rounding noise in the mean)
+        return Interval(xs[0], 0.0, n, confidence)
+    var = math.fsum((x - mean) ** 2 for x in xs) / (n - 1)
+    half = t_quantile(0.5 + confidence / 2.0, n - 1) * math.sqrt(var / n)
+    return Interval(mean, half, n, confidence)
+
+
+def paired_differences(plus: Sequence[Mapping[int, float]],
+                       minus: Sequence[Mapping[int, float]]) -> dict:
+    """{seed: sum of plus[seed] - sum of minus[seed]} over the seeds every term has.
+
+    A difference a - b is plus=[a], minus=[b]; a difference of differences (a - b) - (c - d)
+    is plus=[a, d], minus=[b, c]. Each term maps seed -> value.
+    """
+    terms = list(plus) + list(minus)
+    if not terms:
+        return {}
+    seeds = set(terms[0])
+    for term in terms[1:]:
+        seeds &= set(term)
+    return {s: math.fsum(t[s] for t in plus) - math.fsum(t[s] for t in minus)
+            for s in sorted(seeds)}
+
+
+def verdict(interval: Interval, direction: int) -> str:
+    """The verdict of a paired comparison whose expected sign is `direction`.
+
+    reproduced: the interval excludes 0 on the paper's side; contradicted: it excludes 0 on
+    the other side; inconclusive: it holds 0, or cannot be computed (fewer than 2 seeds).
+    """
+    if direction not in (1, -1):
+        raise ValueError(f"direction must be +1 or -1, got {direction}")
+    side = interval.excludes_zero()
+    if side == 0:
+        return INCONCLUSIVE
+    return REPRODUCED if side == direction else CONTRADICTED
+
+
+def combine(verdicts: Sequence[str]) -> str:
+    """One verdict for a finding from its checks' verdicts.
+
+    not run: no check ran; contradicted: any check contradicts it; reproduced: every check
+    that ran is reproduced; inconclusive otherwise. (A check that did not run does not count
+    for or against; the report names it.)
+    """
+    ran = [v for v in verdicts if v != NOT_RUN]
+    if not ran:
+        return NOT_RUN
+    if CONTRADICTED in ran:
+        return CONTRADICTED
+    if all(v == REPRODUCED for v in ran):
+        return REPRODUCED
+    return INCONCLUSIVE
+
+
+def first_step_reaching(curve: Sequence[tuple], threshold: float):
+    """The first step whose value is >= threshold in [(step, value), ...] sorted by step;
+    None if none is."""
+    for step, value in sorted(curve):
+        if value >= threshold:
+            return step
+    return None
+
+
+def format_interval(interval: Interval, digits: int = 3) -> str:
+    """'0.312 ± 0.021' (n < 2: '0.312 (n=1)'; no values: '—')."""
+    if interval.n == 0:
+        return "—"
+    if not math.isfinite(interval.half_width):
+        return f"{interval.mean:.{digits}f} (n={interval.n})"
+    return f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}"
