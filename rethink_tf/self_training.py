@@ -73,8 +73,9 @@ def _write_atomically(path, text):
     os.replace(tmp, path)
 
 
-def pseudo_label_stage(config, teacher_dir, pseudo_dir, *, quality_images=1000):
-    """Labels the unlabeled source with the teacher (resumable) and measures quality."""
+def pseudo_label_stage(config, teacher_dir, pseudo_dir, *, quality_images=1000, progress=True):
+    """Labels the unlabeled source with the teacher (resumable) and measures quality (at the
+    report's thresholds and the one labelled with; `progress`: a bar on stderr)."""
     from rethink_tf.data import sources  # pylint: disable=g-import-not-at-top
     from rethink_tf.pseudo import labeler  # pylint: disable=g-import-not-at-top
     from rethink_tf.pseudo import quality  # pylint: disable=g-import-not-at-top
@@ -84,14 +85,16 @@ def pseudo_label_stage(config, teacher_dir, pseudo_dir, *, quality_images=1000):
     labeler.pseudo_label(teacher_dir, st.unlabeled, pseudo_dir, task=config.task,
                          split=st.unlabeled_split, data_dir=data_dir,
                          score_threshold=st.score_threshold, pixel_threshold=st.pixel_threshold,
-                         flip_tta=st.flip_tta)
+                         flip_tta=st.flip_tta, progress=progress)
     manifest = records.read_manifest(pseudo_dir)
     quality_path = os.path.join(pseudo_dir, quality.QUALITY_FILE)
     src = sources.info(st.unlabeled, data_dir=data_dir)
     if config.task in src.tasks and not os.path.exists(quality_path):
         # The unlabeled split keeps hidden ground truth (digit_scenes): measure the labels.
+        used = st.score_threshold if config.task != "segmentation" else st.pixel_threshold
         quality.report(pseudo_dir, st.unlabeled, st.unlabeled_split, teacher=teacher_dir,
-                       data_dir=data_dir, max_images=quality_images)
+                       data_dir=data_dir, max_images=quality_images,
+                       thresholds=sorted({*quality.DEFAULT_THRESHOLDS, float(used)}))
     result = {"manifest": manifest}
     if os.path.exists(quality_path):
         with open(quality_path) as f:

@@ -664,7 +664,8 @@ def _run_pseudo(settings, job, cell, record, timed):
     record["commands"] = commands(job, settings, teacher_dir=teacher_dir,
                                   score_threshold=out.get("threshold", {}).get("chosen"))
     result = timed("pseudo", self_training.pseudo_label_stage, config, teacher_dir,
-                   job.workdir, quality_images=min(QUALITY_IMAGES, _pool_size(config)))
+                   job.workdir, quality_images=min(QUALITY_IMAGES, _pool_size(config)),
+                   progress=False)
     manifest = result["manifest"]
     out["metrics"] = {k: manifest.get(k) for k in ("num_images", "num_images_seen", "num_boxes",
                                                    "boxes_per_image", "kept_fraction")
