@@ -107,6 +107,9 @@ def check_pretrain_config(config, pretrain_config):
     if config.init != "random":
         raise ValueError(f"config.init={config.init!r} and a pre-training stage both set the "
                          "backbone's start: drop one (the pipeline's --nopretrain keeps init)")
+    if pretrain_config.task != "classification":
+        raise ValueError(f"pretrain_config.task: pre-training trains a classifier or SimCLR, "
+                         f"got {pretrain_config.task!r}")
     if pretrain_config.model.backbone != config.model.backbone:
         raise ValueError(f"pretrain config model.backbone={pretrain_config.model.backbone!r} "
                          f"differs from the pipeline's model.backbone="

@@ -520,6 +520,31 @@ def save(config, workdir):
     return path
 
 
+# The fields that shape a model's variables: a checkpoint of one value does not restore into
+# a model of another.
+ARCHITECTURE_FIELDS = ("task", "model.backbone", "model.num_classes", "model.max_level",
+                       "model.anchor_sizes", "model.fpn_filters", "model.head_filters",
+                       "model.head_depth", "model.head_norm", "model.aspp_filters",
+                       "model.projection_filters")
+
+
+def architecture_difference(config, other):
+    """(field, config's value, other's value) of the first architecture field in which two
+    configs differ, else None. Fields missing from either (older configs) are not compared."""
+    for field in ARCHITECTURE_FIELDS:
+        section, _, key = field.rpartition(".")
+        nodes = [(c[section] if section else c) if (not section or section in c) else None
+                 for c in (config, other)]
+        if any(node is None or key not in node for node in nodes):
+            continue
+        mine, theirs = (node[key] for node in nodes)
+        if isinstance(mine, (list, tuple)) or isinstance(theirs, (list, tuple)):
+            mine, theirs = tuple(mine), tuple(theirs)
+        if mine != theirs:
+            return field, mine, theirs
+    return None
+
+
 def load(workdir):
     """Reads `workdir/config.json` back into a ConfigDict."""
     path = os.path.join(workdir, "config.json")

@@ -183,7 +183,14 @@ def initialize(model, config):
     weight of the model from that run's best (else latest) checkpoint (same architecture).
     """
     if config.init.startswith("teacher:"):
-        return _initialize_from_workdir(model, config.init.split(":", 1)[1])
+        teacher = config.init.split(":", 1)[1]
+        difference = config_lib.architecture_difference(config, config_lib.load(teacher))
+        if difference:
+            field, new, old = difference
+            raise ValueError(f"config.init: {config.init!r} is a run with {field} {old!r}; "
+                             f"this config has {field} {new!r} (teacher: restores every "
+                             "weight, so the architectures must match)")
+        return _initialize_from_workdir(model, teacher)
     path = backbone_weights_path(config.init)
     if path is None:
         return None

@@ -147,6 +147,7 @@ def train(config, workdir, extra_callbacks=(), hooks=None):
             raise ValueError("config.joint.dataset: a joint config trains through "
                              "`rethink_tf.training.joint.train_joint` (or `python -m "
                              "rethink_tf.train`), not `trainer.train` alone")
+    _check_same_architecture(config, workdir)
     _setup(config)
     run = Run(config, workdir, hooks)
     # Restore (or initialise) before writing anything: a run rejected here (a checkpoint of
@@ -199,6 +200,18 @@ def train(config, workdir, extra_callbacks=(), hooks=None):
     if not os.path.exists(metrics_path) or _recorded_step(metrics_path) != run.step:
         evaluate_fn(run.step)
     return {**_read_json(metrics_path), **(extra or {})}
+
+
+def _check_same_architecture(config, workdir):
+    """A workdir resumes only with the architecture its checkpoints hold (fails before work)."""
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        return
+    difference = config_lib.architecture_difference(config, config_lib.load(workdir))
+    if difference:
+        field, new, old = difference
+        raise ValueError(f"config.{field}: {new!r} differs from {old!r} in "
+                         f"{os.path.join(workdir, 'config.json')}, whose checkpoints are for "
+                         "it; use a new --workdir (or the same config) to resume")
 
 
 def _recorded_step(path):
