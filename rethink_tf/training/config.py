@@ -5,6 +5,7 @@ every field can be overridden on the command line (`--config.train.steps=100`). 
 hold variants: `get_config(arg)` with `--config=file.py:<variant>` (`parse_variant`).
 """
 
+import difflib
 import json
 import math
 import os
@@ -282,6 +283,7 @@ def validate(config):
     from rethink_tf.data import pipelines  # pylint: disable=g-import-not-at-top
     from rethink_tf.models import backbones  # pylint: disable=g-import-not-at-top
     _choice(config, "task", TASKS)
+    _check_known_fields(config)
     _choice(config, "augment", POLICIES)
     _choice(config, "strategy", STRATEGIES)
     _int(config, "seed", 0)
@@ -432,6 +434,35 @@ def hflip(config, name=None):
     if setting == "auto":
         return sources.hflip_keeps_labels(name or config.dataset.name)
     return setting == "on"
+
+
+# Fields some configs add to `base_config`'s (pre-training's head dropout, label smoothing)
+# and sections of their own (SimCLR's); anything else unknown is a typo.
+OPTIONAL_FIELDS = ("model.dropout", "train.label_smoothing")
+OPTIONAL_SECTIONS = ("simclr",)
+
+
+def _leaves(node, prefix=""):
+    """{'section.key': value} of a (nested) config dict's non-dict values."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_known_fields(config):
+    """Fails on a field `base_config(config.task)` does not define (a typo such as
+    `train.stepz` would otherwise be ignored, and saved into config.json)."""
+    known = set(_leaves(base_config(config.task).to_dict())) | set(OPTIONAL_FIELDS)
+    for field, value in _leaves(config.to_dict()).items():
+        if field in known or field.split(".")[0] in OPTIONAL_SECTIONS:
+            continue
+        close = difflib.get_close_matches(field, sorted(known), n=1)
+        _fail(field, f"unknown field (= {value!r})"
+                     + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def is_joint(config):
