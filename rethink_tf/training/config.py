@@ -576,6 +576,16 @@ def architecture_difference(config, other):
     return None
 
 
+def require_same_architecture(config, workdir, why):
+    """Raises ValueError naming the first architecture field in which `config` differs from
+    `workdir/config.json` (both values), ending with `why`."""
+    difference = architecture_difference(config, load(workdir))
+    if difference:
+        field, new, old = difference
+        raise ValueError(f"config.{field}: {new!r} differs from {old!r} in "
+                         f"{os.path.join(workdir, 'config.json')}; {why}")
+
+
 def load(workdir):
     """Reads `workdir/config.json` back into a ConfigDict."""
     path = os.path.join(workdir, "config.json")

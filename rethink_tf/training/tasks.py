@@ -184,12 +184,9 @@ def initialize(model, config):
     """
     if config.init.startswith("teacher:"):
         teacher = config.init.split(":", 1)[1]
-        difference = config_lib.architecture_difference(config, config_lib.load(teacher))
-        if difference:
-            field, new, old = difference
-            raise ValueError(f"config.init: {config.init!r} is a run with {field} {old!r}; "
-                             f"this config has {field} {new!r} (teacher: restores every "
-                             "weight, so the architectures must match)")
+        config_lib.require_same_architecture(
+            config, teacher, f"config.init={config.init!r} restores every weight of that run, "
+                             "so the architectures must match")
         return _initialize_from_workdir(model, teacher)
     path = backbone_weights_path(config.init)
     if path is None:

@@ -206,12 +206,9 @@ def _check_same_architecture(config, workdir):
     """A workdir resumes only with the architecture its checkpoints hold (fails before work)."""
     if not os.path.exists(os.path.join(workdir, "config.json")):
         return
-    difference = config_lib.architecture_difference(config, config_lib.load(workdir))
-    if difference:
-        field, new, old = difference
-        raise ValueError(f"config.{field}: {new!r} differs from {old!r} in "
-                         f"{os.path.join(workdir, 'config.json')}, whose checkpoints are for "
-                         "it; use a new --workdir (or the same config) to resume")
+    config_lib.require_same_architecture(
+        config, workdir, "its checkpoints are for that; use a new --workdir (or the same "
+                         "config) to resume")
 
 
 def _recorded_step(path):
