@@ -31,3 +31,62 @@ def snapshot(directory):
             with open(path, "rb") as f:
                 out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
     return out
+
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def _env():
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+
+
+def run_command(args, timeout=600):
+    """Runs `python <args>` from the repository root; returns its output; fails on rc != 0."""
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=_env(), timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc.stdout
+
+
+def kill_at(args, trigger, delay=0.0, timeout=600):
+    """Starts `python <args>`, SIGKILLs it `delay` s after a line holding `trigger` appears.
+
+    Returns:
+        The output up to the kill.
+    Raises:
+        AssertionError: if the command ended before the trigger (nothing was killed).
+    """
+    import signal  # pylint: disable=g-import-not-at-top
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    import time  # pylint: disable=g-import-not-at-top
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, killed = [], False
+    deadline = time.time() + timeout
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if trigger in line:
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            assert time.time() < deadline, "".join(lines)[-4000:]
+    finally:
+        if not killed and proc.poll() is None:
+            proc.kill()  # a failed assertion above: leave no process behind
+        proc.wait()
+    output = "".join(lines)
+    assert killed and proc.returncode == -signal.SIGKILL, (
+        f"the command ended (rc {proc.returncode}) before {trigger!r}:\n{output[-4000:]}")
+    return output
+
+
+def killed_then_rerun(args, trigger, delay=0.0):
+    """`kill_at`, then the same command again to the end; returns the rerun's output."""
+    kill_at(args, trigger, delay)
+    return run_command(args)

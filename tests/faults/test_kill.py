@@ -1,0 +1,125 @@
+"""kill -9 (SIGKILL, no callback, no cleanup) of the real commands, then the same command again.
+
+Each case runs the user's command (`python -m rethink_tf.train` / `rethink_tf.pretrain`) with
+`config.deterministic`, kills it with SIGKILL when its console output reaches a point (mid-step,
+around a checkpoint write, in the final evaluation), runs the same command again, and checks
+that the result equals an uninterrupted run's: the same final weights, the same metrics, and a
+latest checkpoint that restores. Pseudo-labelling's kill is in
+`tests/pseudo/test_labeler.py::test_killed_run_rerun_equals_uninterrupted_and_machines_agree`;
+`experiments/faults/run.py` kills at random points, many times, at larger sizes.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from faults_helpers import killed_then_rerun  # tests/faults/  # pylint: disable=g-bad-import-order
+from faults_helpers import run_command  # pylint: disable=g-bad-import-order
+
+import tensorflow as tf  # pylint: disable=g-bad-import-order
+
+TRAIN_STEPS = 6
+
+
+def _train_command(data_dir, workdir):
+    return [
+        "-m", "rethink_tf.train", "--config=experiments/configs/detection.py",
+        f"--workdir={workdir}", "--config.dataset.name=digit_scenes/detection_tiny",
+        f"--config.dataset.data_dir={data_dir}", "--config.dataset.image_size=64",
+        "--config.dataset.shuffle_buffer=16", "--config.model.backbone=resnet_tiny",
+        "--config.model.fpn_filters=8", "--config.model.head_filters=8",
+        "--config.model.head_depth=1", "--config.model.drop_path_rate=0.2",
+        "--config.augment=s4", f"--config.train.steps={TRAIN_STEPS}",
+        "--config.train.batch_size=4", "--config.train.warmup_steps=1",
+        "--config.train.checkpoint_every=2", "--config.train.log_every=1",
+        "--config.train.verbose=2", "--config.eval.num_images=8", "--config.eval.batch_size=8",
+        "--config.eval.tb_images=0", "--config.deterministic=True"]
+
+
+def _checkpoint_values(directory):
+    """{name: value} of every variable of the latest checkpoint in `directory` (but the
+    checkpoint's own save counter)."""
+    reader = tf.train.load_checkpoint(directory)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if "save_counter" not in name}
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return {k: v for k, v in json.load(f).items() if k != "images_per_s"}
+
+
+def _assert_same_run(reference, workdir):
+    assert _metrics(workdir) == _metrics(reference)
+    expected = _checkpoint_values(os.path.join(reference, "checkpoints"))
+    got = _checkpoint_values(os.path.join(workdir, "checkpoints"))
+    assert sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    # The best checkpoint restores too (the one evaluation and export read).
+    assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints", "best"))
+
+
+@pytest.fixture(scope="module")
+def reference_train(tmp_path_factory, digit_scenes_data_dir):
+    workdir = str(tmp_path_factory.mktemp("kill") / "reference")
+    run_command(_train_command(digit_scenes_data_dir, workdir))
+    return workdir
+
+
+# (trigger line, seconds after it): where the kill lands.
+TRAIN_KILL_POINTS = {
+    # Step 3 printed: step 4 is running; the latest checkpoint is step 2's.
+    "mid_step": (f"step 3/{TRAIN_STEPS} ", 0.0),
+    # Step 4 printed: the step-4 checkpoint is being written (or just was).
+    "checkpoint_write": (f"step 4/{TRAIN_STEPS} ", 0.0),
+    # The last step printed, plus a moment: the final save and evaluation.
+    "final_evaluation": (f"step {TRAIN_STEPS}/{TRAIN_STEPS} ", 1.5),
+}
+
+
+@pytest.mark.parametrize("point", sorted(TRAIN_KILL_POINTS))
+def test_train_killed_then_rerun_equals_uninterrupted(point, reference_train, tmp_path,
+                                                      digit_scenes_data_dir):
+    workdir = str(tmp_path / "killed")
+    command = _train_command(digit_scenes_data_dir, workdir)
+    trigger, delay = TRAIN_KILL_POINTS[point]
+    output = killed_then_rerun(command, trigger, delay)
+    # The rerun resumed from a checkpoint (it did not start over) unless the kill came before
+    # the first one.
+    assert "Resuming from" in output, output[-2000:]
+    _assert_same_run(reference_train, workdir)
+
+
+def _pretrain_command(data_dir, workdir):
+    return [
+        "-m", "rethink_tf.pretrain", "--config=experiments/configs/pretrain_classification.py",
+        f"--workdir={workdir}", "--config.dataset.name=digit_scenes/classification_tiny",
+        f"--config.dataset.data_dir={data_dir}", "--config.dataset.image_size=32",
+        "--config.dataset.shuffle_buffer=16", "--config.model.backbone=resnet_tiny",
+        "--config.train.steps=6", "--config.train.batch_size=8",
+        "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2",
+        "--config.train.log_every=1", "--config.train.verbose=2",
+        "--config.eval.num_images=16", "--config.eval.batch_size=16",
+        "--config.deterministic=True"]
+
+
+def test_pretrain_killed_mid_step_then_rerun_writes_the_uninterrupted_backbone(
+        tmp_path, digit_scenes_data_dir):
+    reference = str(tmp_path / "reference")
+    run_command(_pretrain_command(digit_scenes_data_dir, reference))
+    workdir = str(tmp_path / "killed")
+    output = killed_then_rerun(_pretrain_command(digit_scenes_data_dir, workdir), "step 3/6 ",
+                               0.0)
+    assert "Resuming from" in output, output[-2000:]
+    assert _metrics(workdir) == _metrics(reference)
+    import h5py  # pylint: disable=g-import-not-at-top
+    with h5py.File(os.path.join(reference, "backbone.weights.h5")) as a, \
+            h5py.File(os.path.join(workdir, "backbone.weights.h5")) as b:
+        names = []
+        a.visit(lambda n: names.append(n) if isinstance(a[n], h5py.Dataset) else None)
+        assert names
+        for name in names:
+            np.testing.assert_array_equal(b[name][()], a[name][()], err_msg=name)
