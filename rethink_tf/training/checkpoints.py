@@ -15,6 +15,12 @@ import tensorflow as tf
 from absl import logging
 
 
+# What reading a damaged checkpoint raises: a bit-flipped data file fails its CRC
+# (DataLossError), a garbled index or a missing data file is a bare OpError, a truncated data
+# file an IndexError from TF's reader. (Another architecture is a ValueError from `restore`.)
+UNREADABLE_CHECKPOINT_ERRORS = (tf.errors.OpError, IndexError)
+
+
 class CheckpointManager:
     """Saves and restores model + optimizer state of one workdir.
 
@@ -45,11 +51,34 @@ class CheckpointManager:
         return self._best.latest_checkpoint
 
     def restore_latest(self):
-        """Restores the latest checkpoint if there is one; returns its path or None."""
-        path = self._latest.latest_checkpoint
-        if path:
-            self.restore(path)
-        return path
+        """Restores the latest readable checkpoint if there is one; returns its path or None.
+
+        A checkpoint whose files are corrupt, truncated or missing (a disk error, a copy cut
+        short) is never picked up: it is skipped with a warning naming it and the one before it
+        is restored (its files are left where they are; training overwrites them when it
+        reaches that step again). A checkpoint of another architecture is not corruption:
+        `restore` raises for it.
+
+        Raises:
+          ValueError: no checkpoint of the workdir is readable, or one is of another
+            architecture.
+        """
+        paths = list(reversed(self._latest.checkpoints))
+        failures = []
+        for path in paths:
+            try:
+                self.restore(path)
+            except UNREADABLE_CHECKPOINT_ERRORS as e:
+                failures.append(f"{path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                logging.warning("checkpoint %s is unreadable; trying the one before it (%s)",
+                                path, failures[-1])
+                print(f"WARNING: skipping unreadable checkpoint {failures[-1]}", flush=True)
+                continue
+            return path
+        if failures:
+            raise ValueError(f"no checkpoint under {self.directory!r} is readable: "
+                             + "; ".join(failures))
+        return None
 
     def restore(self, path):
         """Restores a given checkpoint (e.g. the best) for evaluation or export.
