@@ -24,6 +24,7 @@ import json
 import os
 import time
 
+from rethink_tf.data import atomic
 from rethink_tf.evaluation import evaluator
 from rethink_tf.training import config as config_lib
 from rethink_tf.training import joint as joint_lib
@@ -64,13 +65,6 @@ def _stage(name, index=None, total=None):
     where = f"[{index}/{total}] " if index else ""
     print(f"\n=== {where}{name} ===", flush=True)
     return time.time()
-
-
-def _write_atomically(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def pseudo_label_stage(config, teacher_dir, pseudo_dir, *, quality_images=1000, progress=True):
@@ -213,9 +207,9 @@ def run(config, workdir, rounds=1, quality_images=1000, pretrain_config=None, jo
     start = _stage("export", next(count), total)
     summary["export"] = export_stage(teacher_dir, os.path.join(workdir, "serving", config.task))
     record_time("export", start)
-    _write_atomically(os.path.join(workdir, "pipeline.json"),
+    atomic.write_text(os.path.join(workdir, "pipeline.json"),
                       json.dumps(summary, indent=2, default=float))
-    _write_atomically(os.path.join(workdir, "report.md"), render_report(config, summary))
+    atomic.write_text(os.path.join(workdir, "report.md"), render_report(config, summary))
     print(f"\nreport: {os.path.join(workdir, 'report.md')}", flush=True)
     return summary
 

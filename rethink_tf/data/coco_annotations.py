@@ -27,6 +27,7 @@ import re
 
 import numpy as np
 
+from rethink_tf.data import atomic
 from rethink_tf.data import sources
 
 _CACHE_SUBDIR = "rethink_tf_annotations"
@@ -192,12 +193,4 @@ def _safe(text: str) -> str:
 
 
 def _write_json_atomically(data, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic.write_json(path, data, "COCO annotation file")

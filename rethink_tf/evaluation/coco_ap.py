@@ -21,11 +21,12 @@ evaluation: AP integrates over the low-score tail, and a high threshold is a cla
 import contextlib
 import io
 import json
-import os
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from rethink_tf.data import atomic
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                 "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -231,13 +232,7 @@ class CocoDetectionEvaluator:
 
     def write_detections(self, path):
         """Writes `detections()` as a COCO results JSON, atomically (temp + rename)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.detections(), f)
-        os.replace(tmp, path)
-        return path
+        return atomic.write_json(path, self.detections(), "COCO detections")
 
     def ground_truth_dataset(self):
         """The ground truth as a COCO dataset dict (the annotation file's, or the one built)."""

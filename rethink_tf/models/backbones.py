@@ -25,6 +25,8 @@ import keras
 import keras_cv
 from keras import ops
 
+from rethink_tf.data import atomic
+
 # Name of the attribute that records which factory name built a backbone.
 _NAME_ATTR = "rethink_backbone_name"
 
@@ -311,16 +313,14 @@ def save_backbone_weights(backbone, path):
     import h5py  # pylint: disable=g-import-not-at-top
     # Keyed by variable path (not Keras's creation-order layer names), so a backbone built
     # with extra weightless layers (stochastic depth) loads the same file.
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        for variable in backbone.weights:
-            f.create_dataset(f"{_BY_PATH}/{variable.path}", data=variable.numpy())
-    os.replace(tmp, path)
+    with atomic.replacing(path, "backbone weights") as tmp:
+        with h5py.File(tmp, "w") as f:
+            for variable in backbone.weights:
+                f.create_dataset(f"{_BY_PATH}/{variable.path}", data=variable.numpy())
     meta = {"backbone": backbone_name(backbone), "class": type(backbone).__name__,
             "variables": _variable_specs(backbone)}
     meta_path = _metadata_path(path)
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1)
+    atomic.write_json(meta_path, meta, "backbone metadata", indent=1)
     return meta_path
 
 

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rethink_tf.data import atomic
 from rethink_tf.training import optimizer as optimizer_lib
 
 
@@ -167,10 +168,8 @@ def write_metrics(workdir, step, metrics, split):
     """Writes `workdir/metrics.json` (latest) and appends to `metrics_history.jsonl`."""
     record = {"step": int(step), "split": split}
     record.update({k: v for k, v in metrics.items()})
-    tmp = os.path.join(workdir, "metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, default=float)
-    os.replace(tmp, os.path.join(workdir, "metrics.json"))
+    atomic.write_json(os.path.join(workdir, "metrics.json"), record, "metrics", indent=2,
+                      default=float)
     with open(os.path.join(workdir, "metrics_history.jsonl"), "a") as f:
         f.write(json.dumps(record, default=float) + "\n")
     return record

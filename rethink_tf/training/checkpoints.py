@@ -14,6 +14,8 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from rethink_tf.data import atomic
+
 
 # What reading a damaged checkpoint raises: a bit-flipped data file fails its CRC
 # (DataLossError), a garbled index or a missing data file is a bare OpError, a truncated data
@@ -100,8 +102,15 @@ class CheckpointManager:
         return path
 
     def save(self, step):
-        """Saves a checkpoint numbered `step`; keeps the last k."""
-        return self._latest.save(checkpoint_number=int(step))
+        """Saves a checkpoint numbered `step`; keeps the last k.
+
+        Raises:
+          atomic.WriteError: the checkpoint could not be written (disk full, file-size limit,
+            read-only folder); its partial files are removed and the latest checkpoint is
+            still the one before, so running the same command again resumes from there.
+        """
+        return _writing(lambda: self._latest.save(checkpoint_number=int(step)),
+                        self.directory, step, self._latest.latest_checkpoint)
 
     def best(self):
         """The best evaluation so far: {"metric", "value", "step"} or None."""
@@ -118,12 +127,27 @@ class CheckpointManager:
             better = value > best["value"] if higher_is_better else value < best["value"]
             if not better:
                 return False
-        self._best.save(checkpoint_number=int(step))
-        tmp = os.path.join(self.best_directory, "best.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump({"metric": metric, "value": float(value), "step": int(step)}, f)
-        os.replace(tmp, os.path.join(self.best_directory, "best.json"))
+        _writing(lambda: self._best.save(checkpoint_number=int(step)), self.best_directory,
+                 step, self._best.latest_checkpoint)
+        atomic.write_json(os.path.join(self.best_directory, "best.json"),
+                          {"metric": metric, "value": float(value), "step": int(step)},
+                          "best-checkpoint record")
         return True
+
+
+def _writing(save, directory, step, previous):
+    """Runs `save()`; a failed write becomes an `atomic.WriteError` naming what is kept."""
+    try:
+        return save()
+    except (OSError, tf.errors.OpError) as e:
+        for partial in tf.io.gfile.glob(os.path.join(directory, f"ckpt-{int(step)}_temp*")):
+            tf.io.gfile.rmtree(partial)
+        kept = (f"the latest checkpoint is still {previous!r}" if previous
+                else "no checkpoint was written")
+        message = str(getattr(e, "message", "") or e).splitlines()[0][:300]
+        raise atomic.WriteError(
+            f"could not write checkpoint ckpt-{int(step)} under {directory!r}: {message}; "
+            f"{kept}") from e
 
 
 def assert_all_tracked(checkpoint, model):

@@ -12,6 +12,8 @@ import os
 
 import ml_collections
 
+from rethink_tf.data import atomic
+
 TASKS = ("detection", "segmentation", "classification")
 POLICIES = ("s1", "s2", "s3", "s4")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -542,13 +544,8 @@ def to_dict(config):
 
 def save(config, workdir):
     """Writes `workdir/config.json` (the config actually used)."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(os.path.join(workdir, "config.json"),
+                             config.to_json_best_effort(indent=2, sort_keys=True), "config")
 
 
 # The fields that shape a model's variables: a checkpoint of one value does not restore into

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from rethink_tf.data import atomic
 from rethink_tf.data import pipelines
 from rethink_tf.data import show
 from rethink_tf.evaluation import evaluator
@@ -313,9 +314,5 @@ def evaluate_workdir(workdir, split=None, checkpoint="best", num_images=None):
     callbacks_lib.write_eval_summaries(writer, step, metrics)
     record = {"step": step, "split": split, "checkpoint": path, **metrics}
     name = "metrics.json" if split == config.dataset.eval_split else f"metrics_{split}.json"
-    import json  # pylint: disable=g-import-not-at-top
-    tmp = os.path.join(workdir, name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, default=float)
-    os.replace(tmp, os.path.join(workdir, name))
+    atomic.write_json(os.path.join(workdir, name), record, "metrics", indent=2, default=float)
     return record
