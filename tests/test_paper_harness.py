@@ -586,6 +586,17 @@ def test_report_renders_intervals_and_verdicts_from_fake_workdirs(tmp_path):
     assert "Pre-training: ImageNet (aligned digits) = supervised on " \
            "`digit_scenes/classification`; ImageNet = supervised on `digit_scenes/glyphs`." in b1
     assert "A smoke run" not in report
+    # Status: what ran out of what was planned, and the missing cells named.
+    status = report[report.index("## Status"):report.index("## Findings")]
+    assert "| T1 | 6 / 36 | 2 / 12 | det-sup-imagenet-s1-f1 (0/3)" in status
+    assert "| T8 | 4 / 24 | 0 / 8 |" in status and "seg-pipe-rand-s4-f1/student (2/3)" in status
+    assert "`STATUS.md` in the study's root says nothing about why" in status
+    with open(os.path.join(root, reporting.STATUS_NOTE), "w") as f:
+        f.write("T2 and T4 were not run: out of time.")
+    reporting.render(root, str(tmp_path / "out"), plots=False)
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "**Why cells are missing**" in report and "T2 and T4 were not run: out of time." in (
+        report)
     pytest.importorskip("matplotlib")
     for png in ("ap_vs_augmentation.png", "self_training_gain.png", "convergence.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000, png

@@ -285,6 +285,42 @@ def _pretraining_line(table, settings):
         f"{d['label']} = {d['recipe']} on `{d['corpus']}`" for d in described) + "."]
 
 
+STATUS_NOTE = "STATUS.md"  # in the study's root: whoever runs the study says why cells are missing
+
+
+def render_status(root, keys, results, settings, seeds=None):
+    """## Status: per table, the (cell, seed) results present out of those planned, the
+    missing cells by name, and the runner's note (`ROOT/STATUS.md`) on why they are missing."""
+    lines = ["## Status", "",
+             "| table | results (cell x seed) | cells with every seed | missing or short of seeds |",
+             "|---|---:|---:|---|"]
+    complete = True
+    for key in keys:
+        table = tables.TABLES[key]
+        want = int(seeds or (1 if settings.smoke else table.seeds))
+        have = {where: len(r["values"]) for where, r in results[key].items()}
+        full = sum(n >= want for n in have.values())
+        short = sorted({f"{results[key][w]['cell']} ({n}/{want})"
+                        for w, n in have.items() if n < want})
+        complete &= not short
+        shown = ", ".join(short[:8]) + (f", ... ({len(short)} in all)" if len(short) > 8
+                                          else "")
+        lines.append(f"| {key} | {sum(min(n, want) for n in have.values())} / "
+                     f"{len(have) * want} | {full} / {len(have)} | {shown or '-'} |")
+    note = os.path.join(root, STATUS_NOTE)
+    lines.append("")
+    if os.path.exists(note):
+        with open(note) as f:
+            lines += ["**Why cells are missing** (the runner's note, `STATUS.md`):", "",
+                      f.read().strip()]
+    elif not complete:
+        lines.append(f"Cells are missing and `{STATUS_NOTE}` in the study's root says nothing "
+                     "about why.")
+    else:
+        lines.append("Every cell of every table ran at every seed.")
+    return lines
+
+
 def render_pretraining(settings, keys):
     """The header's list of the initialisations: what each pre-training cell learns from."""
     lines = ["- Pre-training (this benchmark's stand-ins for the paper's; each run once and "
@@ -394,6 +430,7 @@ def render(root, out_dir=None, plots=True):
              "other way, **inconclusive** otherwise, **not run** when a cell is missing. A "
              "finding is reproduced when every check that ran is, contradicted when any "
              "check is.", "",
+             *render_status(root, keys, table_results_, settings, study.get("seeds")), "",
              "## Findings", ""]
     summary = ["| finding | verdict | checks |", "|---|---|---|"]
     for finding, results, verdict in findings:
