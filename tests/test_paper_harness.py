@@ -600,3 +600,46 @@ def test_report_renders_intervals_and_verdicts_from_fake_workdirs(tmp_path):
     pytest.importorskip("matplotlib")
     for png in ("ap_vs_augmentation.png", "self_training_gain.png", "convergence.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000, png
+
+
+# ------------------------------------------------------------------------------------------
+# The commands, as the README shows them.
+# ------------------------------------------------------------------------------------------
+
+def _python(args, cwd):
+    import subprocess  # pylint: disable=g-import-not-at-top
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, check=False,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
+                               "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_report_command_writes_the_report_and_names_missing_cells(tmp_path):
+    """`python experiments/paper/report.py --root=DIR` on a study with one finished cell."""
+    root = str(tmp_path / "study")
+    harness.write_json(os.path.join(root, "study.json"), {"dataset": "digit_scenes"})
+    _fake(root, "det-sup-rand-s4-f1", {0: 0.3, 1: 0.31, 2: 0.29})
+    repo = os.path.join(PAPER_DIR, "..", "..")
+    proc = _python(["experiments/paper/report.py", f"--root={root}", "--noplots"], repo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "REPORT.md" in proc.stdout and "pretraining_hurts: not run" in proc.stdout
+    report = open(os.path.join(root, "REPORT.md")).read()
+    assert "0.300 ± 0.025 (n=3)" in report and "## Status" in report
+    proc = _python(["experiments/paper/report.py", f"--root={tmp_path / 'absent'}"], repo)
+    assert proc.returncode != 0 and "is not a directory" in proc.stderr
+
+
+def test_run_command_dry_run_plans_and_validates_a_table(tmp_path):
+    """`python experiments/paper/run.py --table=T1 --root=DIR --dry_run`: the jobs and the
+    estimate, every config validated, nothing run."""
+    repo = os.path.join(PAPER_DIR, "..", "..")
+    root = tmp_path / "study"
+    proc = _python(["experiments/paper/run.py", "--table=T1", f"--root={root}", "--dry_run"],
+                   repo)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "T1" in out and "jobs" in out and "estimated" in out
+    assert not (root / "cells").exists()
+    proc = _python(["experiments/paper/run.py", "--table=T42", f"--root={root}", "--dry_run"],
+                   repo)
+    assert proc.returncode != 0 and "T42" in proc.stderr
