@@ -21,13 +21,9 @@ Variants (`--config=experiments/configs/detection.py:<variant>`):
   python -m rethink_tf.train --config=experiments/configs/detection.py:joint --workdir=/tmp/joint
   joint_student  the student plus the classification stream (all three streams), e.g. as
             the pipeline's student: python -m rethink_tf.pipeline --joint --workdir=DIR
-The student's measured results (experiments/bench/SELF_TRAINING.md) start teacher and student
-from the "ImageNet++" backbone (the pipeline's default pre-training, or
-  --nopretrain --config.init=pretrained:<workdir of pretrain_classification.py:plus>):
-with 20 % of the labels (--config.dataset.fraction=0.2) the student beats the teacher on 2
-seeds (+0.026, +0.046 AP); with all the labels in 4 of 5 runs (mean +0.020 AP).
-(from random initialisation, --nopretrain alone, this budget gives a teacher too weak to
-label: AP50 0.30).
+What self-training, pre-training and joint training give with these configs, over seeds and
+with intervals, is in experiments/paper/REPORT.md (the study's T3/T4 use the `student`
+variant's recipe); experiments/bench/SELF_TRAINING.md has the single runs that chose it.
 Self-training settings not set here are base_config's: 1:1 pseudo:human images per batch,
 loss normalisation on, alpha 1, unlabeled images from digit_scenes/detection.
 """

@@ -20,10 +20,9 @@ Variants (`--config=experiments/configs/segmentation.py:<variant>`):
       --workdir=DIR
 Self-training settings not set here are base_config's: 1:1 pseudo:human images per batch,
 loss normalisation on, alpha 1, unlabeled images from digit_scenes/detection.
-Measured (experiments/bench/SELF_TRAINING.md), both from the "ImageNet++" backbone
-(`--nopretrain --config.init=pretrained:<workdir>`, or the pipeline's default pre-training):
-with 20 % of the labels (`--config.dataset.fraction=0.2`) the student beats the teacher on 2
-seeds (+0.005, +0.008 mIoU); with all the labels it ties (+0.001).
+What self-training and pre-training give for segmentation, over seeds and with intervals, is
+in experiments/paper/REPORT.md (table T8); experiments/bench/SELF_TRAINING.md has the single
+runs that chose this recipe.
 """
 
 from rethink_tf.training.config import base_config
