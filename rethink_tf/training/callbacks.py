@@ -90,17 +90,44 @@ class StopOnNonFinite(keras.callbacks.Callback):
     which it precedes): no checkpoint is written after the divergence, so the latest keeps the
     last finite weights and no NaN weights reach the disk. The loss terms in `logs` are the
     epoch's running means, so the first non-finite value names the step that diverged.
+
+    With `skip=True` (`train.nonfinite="skip"`; the optimizer skips such updates, see
+    `optimizer.SGDL2`), each skipped step is reported (step, and the count so far) and the run
+    goes on; `max_consecutive` skipped steps in a row (a diverged run, not a bad batch) and
+    non-finite weights (batch-norm statistics are updated by the forward pass, which the skip
+    does not undo) still stop it. The epoch's running-mean losses in the logs and TensorBoard
+    then read NaN until the epoch ends.
     """
 
-    def __init__(self, manager=None):
+    def __init__(self, manager=None, skip=False, max_consecutive=20):
         super().__init__()
         self.manager = manager
+        self.skip = skip
+        self.max_consecutive = int(max_consecutive)
+        self._skipped = 0
+        self._in_a_row = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.skip:
+            self._count_skips()
+            return
         bad = [f"{k} = {float(v)}" for k, v in (logs or {}).items()
                if np.ndim(v) == 0 and not np.isfinite(float(v))]
         if bad:
             self._stop(", ".join(bad))
+
+    def _count_skips(self):
+        skipped = getattr(self.model.optimizer, "skipped_steps", 0)
+        if skipped > self._skipped:
+            self._in_a_row += skipped - self._skipped
+            self._skipped = skipped
+            print(f"step {_step(self.model)}: non-finite gradient, update skipped "
+                  f"(train.nonfinite=skip; {skipped} skipped in this run)", flush=True)
+            if self._in_a_row >= self.max_consecutive:
+                self._stop(f"{self._in_a_row} steps in a row had non-finite gradients and were "
+                           "skipped")
+        else:
+            self._in_a_row = 0
 
     def on_epoch_end(self, epoch, logs=None):
         bad = [v.path for v in self.model.weights

@@ -77,8 +77,12 @@ def base_config(task="detection"):
     c.train.warmup_steps = 200
     c.train.step_boundaries = (0.67, 0.89)  # fractions of steps, for schedule=step
     c.train.step_factor = 0.1
-    c.train.weight_decay = 4e-5  # L2 (decoupled in the SGD update), not on BN/bias
+    c.train.weight_decay = 4e-5  # the paper's L2 (coupled: in the gradient), not on BN/bias
     c.train.clipnorm = 10.0
+    # A step with a non-finite loss or gradient: "stop" the run naming the step and the loss
+    # term (the latest checkpoint keeps the last finite weights), or "skip" its update and go
+    # on (a bad batch; 20 skipped steps in a row, or non-finite weights, still stop the run).
+    c.train.nonfinite = "stop"
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 3
     c.train.eval_every = 1000  # 0 = evaluate at the end only
@@ -363,6 +367,7 @@ def validate(config):
     _bool(config, "train.mixed_precision")
     _bool(config, "train.xla")
     _choice(config, "train.verbose", (0, 1, 2))
+    _choice(config, "train.nonfinite", ("stop", "skip"))
     if "label_smoothing" in t:
         _float(config, "train.label_smoothing", 0.0, 1.0, high_open=True)
 

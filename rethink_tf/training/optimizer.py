@@ -96,20 +96,44 @@ class SGDL2(keras.optimizers.SGD):
     single-device / multi-device equivalence once it engages. Here both happen after the
     gradients are summed over replicas: g = sum_r g_r + l2 * w, then clip_by_global_norm(g).
 
+    With `skip_nonfinite`, a step whose global gradient holds a NaN or an infinity changes
+    nothing (no weight, no momentum) but still counts as a step (`iterations`, hence the
+    learning-rate schedule and the data position, move on as usual); `skipped_steps` counts
+    such steps in this process (it is not checkpointed, so a model's checkpoints are the same
+    with and without the option). The test is on the gradient summed over replicas, so every
+    replica skips together.
+
     Args:
       l2: L2 coefficient (the paper's 4e-5); not applied to biases and normalisation variables.
       clipnorm_global: bound on the global gradient norm (0 = none).
+      skip_nonfinite: skip the update of a step with a non-finite gradient.
       **kwargs: `keras.optimizers.SGD` arguments (learning_rate, momentum, ...); its own
         `weight_decay`, `clipnorm` and `global_clipnorm` must stay unset.
     """
 
-    def __init__(self, l2=0.0, clipnorm_global=0.0, **kwargs):
+    def __init__(self, l2=0.0, clipnorm_global=0.0, skip_nonfinite=False, **kwargs):
         for key in ("weight_decay", "clipnorm", "global_clipnorm", "clipvalue"):
             if kwargs.get(key):
                 raise ValueError(f"SGDL2 does its own L2 and clipping; {key} must be unset")
         super().__init__(**kwargs)
         self.l2 = float(l2 or 0.0)
         self.clipnorm_global = float(clipnorm_global or 0.0)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        # Set past Keras's and TF's attribute tracking: not an optimizer variable, not in
+        # checkpoints (toggling the option keeps checkpoints compatible).
+        object.__setattr__(self, "_skipped", None)
+
+    def build(self, variables):
+        super().build(variables)
+        if self.skip_nonfinite and self._skipped is None:
+            object.__setattr__(self, "_skipped", tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="skipped_steps",
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
+
+    @property
+    def skipped_steps(self):
+        """Steps skipped for a non-finite gradient since this process built the optimizer."""
+        return 0 if self._skipped is None else int(self._skipped.numpy())
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # Keras's TF backend all-reduces inside this method; doing it here first (the parent's
@@ -122,12 +146,32 @@ class SGDL2(keras.optimizers.SGD):
         final = l2_gradient_and_clip([g for g, _ in reduced], variables, self.l2,
                                      [decays(v) for v in trainable_variables],
                                      self.clipnorm_global)
+        if not self.skip_nonfinite:
+            tf.__internal__.distribute.interim.maybe_merge_call(
+                self._distributed_tf_update_step, self._distribution_strategy,
+                list(zip(final, variables)), learning_rate)
+            return
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                                for g in final if g is not None])
         tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_tf_update_step, self._distribution_strategy,
-            list(zip(final, variables)), learning_rate)
+            self._update_if_finite, self._distribution_strategy,
+            list(zip(final, variables)), learning_rate, finite)
+
+    def _update_if_finite(self, distribution, grads_and_vars, learning_rate, finite):
+        # In the cross-replica context (as Keras's LossScaleOptimizer does it): a `cond` whose
+        # branch updates variables is allowed here, not in a replica context.
+        def update():
+            self._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
+            return tf.constant(True)
+
+        def skip():
+            self._skipped.assign_add(1)
+            return tf.constant(False)
+        return tf.cond(finite, update, skip)
 
     def get_config(self):
-        return {**super().get_config(), "l2": self.l2, "clipnorm_global": self.clipnorm_global}
+        return {**super().get_config(), "l2": self.l2, "clipnorm_global": self.clipnorm_global,
+                "skip_nonfinite": self.skip_nonfinite}
 
 
 def build_optimizer(train_config):
@@ -143,7 +187,8 @@ def build_optimizer(train_config):
                            train_config.step_boundaries, train_config.step_factor)
     return SGDL2(learning_rate=schedule, momentum=train_config.momentum,
                  l2=train_config.weight_decay or 0.0,
-                 clipnorm_global=train_config.clipnorm or 0.0)
+                 clipnorm_global=train_config.clipnorm or 0.0,
+                 skip_nonfinite=train_config.get("nonfinite", "stop") == "skip")
 
 
 def current_learning_rate(optimizer):

@@ -184,7 +184,9 @@ def train(config, workdir, extra_callbacks=(), hooks=None):
             tb_train, config.train.log_every, config.train.batch_size, total,
             print_lines=callbacks_lib.console_mode(config.train.verbose)[1])
         # First: a non-finite step raises before anything else sees it (TensorBoard, saves).
-        cbs = [callbacks_lib.StopOnNonFinite(run.checkpoints), summaries,
+        cbs = [callbacks_lib.StopOnNonFinite(
+                   run.checkpoints, skip=config.train.get("nonfinite", "stop") == "skip"),
+               summaries,
                callbacks_lib.StopAtStep(total),
                callbacks_lib.PeriodicEvaluation(evaluate_fn, config.train.eval_every, total),
                *extra_callbacks]
