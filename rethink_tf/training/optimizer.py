@@ -159,7 +159,10 @@ class SGDL2(keras.optimizers.SGD):
 
     def _update_if_finite(self, distribution, grads_and_vars, learning_rate, finite):
         # In the cross-replica context (as Keras's LossScaleOptimizer does it): a `cond` whose
-        # branch updates variables is allowed here, not in a replica context.
+        # branch updates variables is allowed here, not in a replica context. Every replica
+        # computed `finite` from the same all-reduced gradient: the first one's is everyone's.
+        finite = distribution.experimental_local_results(finite)[0]
+
         def update():
             self._distributed_tf_update_step(distribution, grads_and_vars, learning_rate)
             return tf.constant(True)

@@ -105,3 +105,39 @@ def test_build_optimizer_reads_the_config():
     assert isinstance(opt, optimizer_lib.SGDL2)
     assert opt.l2 == train.weight_decay and opt.clipnorm_global == train.clipnorm
     assert opt.weight_decay is None and opt.global_clipnorm is None and opt.clipnorm is None
+
+
+def test_skip_nonfinite_under_mirrored_strategy_skips_on_every_replica():
+    """Only replica 1's partial gradient is NaN: the summed one is, so no replica updates;
+    the next, finite step updates all of them, and `skipped_steps` counts the one skip."""
+    strategy = strategy_lib.cpu_mirrored_strategy(2)
+    with strategy.scope():
+        kernel = keras.Variable(np.zeros((2,), np.float32), name="kernel")
+        opt = optimizer_lib.SGDL2(learning_rate=1.0, momentum=0.0, skip_nonfinite=True)
+        opt.build([kernel])
+
+    @tf.function
+    def step(bad):
+        def replica_fn():
+            replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group,
+                              tf.float32)
+            poison = tf.where(tf.logical_and(bad, replica > 0), float("nan"), 0.0)
+            opt.apply([tf.stack([0.5, 0.25]) + poison], [kernel])
+        strategy.run(replica_fn)
+
+    step(tf.constant(True))
+    np.testing.assert_array_equal(kernel.numpy(), [0.0, 0.0])
+    for value in strategy.experimental_local_results(kernel.value):
+        np.testing.assert_array_equal(value.numpy(), [0.0, 0.0])
+    assert opt.skipped_steps == 1 and int(opt.iterations.numpy()) == 1
+    step(tf.constant(False))
+    np.testing.assert_allclose(kernel.numpy(), [-1.0, -0.5])  # the sum over 2 replicas
+    assert opt.skipped_steps == 1 and int(opt.iterations.numpy()) == 2
+
+
+def test_build_optimizer_reads_nonfinite():
+    from rethink_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
+    train = config_lib.base_config("detection").train
+    assert not optimizer_lib.build_optimizer(train).skip_nonfinite
+    train.nonfinite = "skip"
+    assert optimizer_lib.build_optimizer(train).skip_nonfinite
