@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import sys
 
 from helpers import tiny_config  # tests/helpers.py  # pylint: disable=g-bad-import-order
 
@@ -33,22 +34,18 @@ def snapshot(directory):
     return out
 
 
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "faults"))
+import procs  # noqa: E402  experiments/faults/procs.py  pylint: disable=wrong-import-position
 
-def _env():
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+REPO_ROOT = procs.REPO_ROOT
 
 
 def run_command(args, timeout=600):
     """Runs `python <args>` from the repository root; returns its output; fails on rc != 0."""
-    import subprocess  # pylint: disable=g-import-not-at-top
-    import sys  # pylint: disable=g-import-not-at-top
-    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=_env(), timeout=timeout,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          check=False)
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    return proc.stdout
+    returncode, output = procs.run(args, timeout=timeout)
+    assert returncode == 0, output[-4000:]
+    return output
 
 
 def kill_at(args, trigger, delay=0.0, timeout=600):
@@ -59,30 +56,9 @@ def kill_at(args, trigger, delay=0.0, timeout=600):
     Raises:
         AssertionError: if the command ended before the trigger (nothing was killed).
     """
-    import signal  # pylint: disable=g-import-not-at-top
-    import subprocess  # pylint: disable=g-import-not-at-top
-    import sys  # pylint: disable=g-import-not-at-top
-    import time  # pylint: disable=g-import-not-at-top
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, killed = [], False
-    deadline = time.time() + timeout
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if trigger in line:
-                time.sleep(delay)
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-                break
-            assert time.time() < deadline, "".join(lines)[-4000:]
-    finally:
-        if not killed and proc.poll() is None:
-            proc.kill()  # a failed assertion above: leave no process behind
-        proc.wait()
-    output = "".join(lines)
-    assert killed and proc.returncode == -signal.SIGKILL, (
-        f"the command ended (rc {proc.returncode}) before {trigger!r}:\n{output[-4000:]}")
+    killed, returncode, output, _ = procs.kill_when(
+        args, procs.line_trigger(trigger, delay), timeout=timeout)
+    assert killed, f"the command ended (rc {returncode}) before {trigger!r}:\n{output[-4000:]}"
     return output
 
 

@@ -1,0 +1,93 @@
+"""Running the package's commands as a user does, and killing them with SIGKILL.
+
+Shared by `experiments/faults/run.py` (random kills, many times) and `tests/faults/` (kills at
+named points): `python <args>` from the repository root, on CPU, unbuffered.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def env():
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run(args, timeout=1800):
+    """Runs `python <args>`; returns (returncode, output) with stderr folded into stdout."""
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env(), timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          check=False)
+    return proc.returncode, proc.stdout
+
+
+def kill_when(args, should_kill, timeout=1800, poll_s=0.01):
+    """Starts `python <args>` and SIGKILLs it as soon as `should_kill(output_so_far, elapsed_s)`.
+
+    Args:
+      args: the arguments after `python`.
+      should_kill: called every `poll_s` seconds with the output so far (a string) and the
+        seconds since the start; True kills the process (SIGKILL: no handler, no cleanup).
+      timeout: seconds before the process is killed as hung (an error).
+
+    Returns:
+        (killed, returncode, output, elapsed_s): `killed` is False when the command ended on
+        its own first.
+    """
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    chunks = []  # raw chunks, not lines: progress bars rewrite one line with "\r"
+
+    def read():
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+            chunks.append(chunk.decode("utf-8", errors="replace"))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    start = time.time()
+    killed = False
+    try:
+        while proc.poll() is None:
+            elapsed = time.time() - start
+            if should_kill("".join(chunks), elapsed):
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            if elapsed > timeout:
+                raise TimeoutError(f"python {' '.join(args)} ran past {timeout} s")
+            time.sleep(poll_s)
+    finally:
+        if proc.poll() is None and not killed:
+            proc.kill()
+        proc.wait()
+        reader.join(timeout=10)
+    return killed, proc.returncode, "".join(chunks), time.time() - start
+
+
+def line_trigger(text, delay_s=0.0):
+    """A `should_kill` that fires `delay_s` seconds after a line holding `text` is printed."""
+    seen = {}
+
+    def should_kill(output, elapsed):
+        if "at" not in seen and text in output:
+            seen["at"] = elapsed
+        return "at" in seen and elapsed >= seen["at"] + delay_s
+    return should_kill
+
+
+def last_line(output):
+    """The last line of `output` that is not a TF/absl log line (where a kill landed)."""
+    for line in reversed(output.replace("\r", "\n").splitlines()):
+        line = line.strip()
+        if line and not _LOG_LINE.match(line):
+            return line[:160]
+    return ""
+
+
+_LOG_LINE = re.compile(r"^([IWEF]\d{4} |\d{4}-\d\d-\d\d |WARNING:|INFO:|E0000 |W0000 )")
