@@ -4,13 +4,15 @@ running the same command again loses nothing.
   python experiments/faults/run.py --root=/tmp/faults --kills=5
   python experiments/faults/run.py --root=/tmp/faults --kills=20 --steps=40 --parts=train
 
-For each part (training, pre-training, pseudo-labelling), a reference run goes uninterrupted;
+For each part (training, pre-training, pseudo-labelling, the main job through all its stages),
+a reference run goes uninterrupted;
 then each trial starts the same command in a fresh directory, kills it with SIGKILL 1-2 times
 at a uniformly random moment of a run (start-up, a step, a checkpoint write, an evaluation, a
 shard, a rename: wherever it lands), and runs it again to the end. A trial passes when the
 result equals the reference's exactly (`config.deterministic`): training and pre-training the
 final checkpoint's every value and the metrics; pseudo-labelling every shard's bytes, the
-manifest's image count and no duplicate image. `--suite` also runs the fast fault tests
+manifest's image count and no duplicate image; the main job all of those for its teacher,
+pseudo labels and student, its backbone's values and one exported model. `--suite` also runs the fast fault tests
 (`tests/faults`: bad inputs, corrupt images and checkpoints, NaN, full disk) and counts them.
 
 Writes `<root>/results.json` and prints a Markdown summary (`experiments/faults/RESULTS.md`
@@ -35,7 +37,9 @@ import procs  # experiments/faults/procs.py (this script's folder is on sys.path
 _ROOT = flags.DEFINE_string("root", None, "Where the runs and results.json go.")
 _KILLS = flags.DEFINE_integer("kills", 5, "Trials per part (each kills 1-2 times).")
 _STEPS = flags.DEFINE_integer("steps", 12, "Training steps of the train and pretrain runs.")
-_PARTS = flags.DEFINE_list("parts", ["train", "pretrain", "pseudo"], "Which commands to kill.")
+PARTS = ("train", "pretrain", "pseudo", "pipeline")
+_PARTS = flags.DEFINE_list("parts", list(PARTS), "Which commands to kill (the main job, "
+                           "`pipeline`, at every stage).")
 _SUITE = flags.DEFINE_bool("suite", False, "Also run the fast fault tests (tests/faults).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill times.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir with (or for) the tiny "
@@ -44,7 +48,8 @@ flags.mark_flags_as_required(["root"])
 
 UNLABELED = "digit_scenes/detection_tiny"
 # The output that marks the end of start-up (imports, building, restoring) in each command.
-WORK_STARTS = {"train": "step 1/", "pretrain": "step 1/", "pseudo": "pseudo-labeling:"}
+WORK_STARTS = {"train": "step 1/", "pretrain": "step 1/", "pseudo": "pseudo-labeling:",
+               "pipeline": "step 1/"}
 # A kill lands in start-up with this probability, else uniformly in the work that follows.
 STARTUP_SHARE = 0.2
 
@@ -88,6 +93,25 @@ def pretrain_command(data_dir, workdir, steps):
         "--config.deterministic=True"]
 
 
+def pipeline_command(data_dir, workdir, steps):
+    """The main job (pre-train -> teacher -> pseudo labels -> student -> export), tiny."""
+    common = ["train.batch_size=4", "train.warmup_steps=1", "train.checkpoint_every=2",
+              "train.log_every=1", "train.verbose=2", "eval.batch_size=8",
+              "eval.num_images=8", "dataset.shuffle_buffer=16", "model.backbone=resnet_tiny",
+              f"dataset.data_dir={data_dir}", "deterministic=True",
+              f"train.steps={max(steps // 2, 2)}"]
+    detection = common + [
+        f"dataset.name={UNLABELED}", "dataset.image_size=64", "model.fpn_filters=8",
+        "model.head_filters=8", "model.head_depth=1", "eval.tb_images=0",
+        f"self_training.unlabeled={UNLABELED}", "self_training.unlabeled_split=unlabeled[:16]",
+        "self_training.score_threshold=0.0"]
+    pretrain = common + ["dataset.name=digit_scenes/classification_tiny",
+                         "dataset.image_size=32"]
+    return (["-m", "rethink_tf.pipeline", f"--workdir={workdir}", "--quality_images=8"]
+            + [f"--config.{o}" for o in detection]
+            + [f"--pretrain_config.{o}" for o in pretrain])
+
+
 def pseudo_command(data_dir, teacher, output):
     return ["-m", "rethink_tf.pseudo_label", f"--teacher={teacher}", f"--unlabeled={UNLABELED}",
             "--split=unlabeled", f"--data_dir={data_dir}", f"--output={output}",
@@ -123,6 +147,33 @@ def compare_training(reference, workdir):
         if differ:
             problems.append(f"{len(differ)} of {len(want)} checkpoint values differ")
     return problems
+
+
+def compare_pipeline(reference, workdir):
+    """[] when every stage's result equals the reference's: pre-trained backbone, teacher,
+    pseudo labels, student (checkpoints and metrics), and one exported model."""
+    problems = []
+    for stage in ("teacher", "student"):
+        problems += [f"{stage}: {p}" for p in compare_training(os.path.join(reference, stage),
+                                                               os.path.join(workdir, stage))]
+    problems += [f"pseudo: {p}" for p in compare_pseudo(os.path.join(reference, "pseudo"),
+                                                         os.path.join(workdir, "pseudo"))]
+    name = os.path.join("pretrain", "backbone.weights.h5")
+    if _h5_values(os.path.join(reference, name)) != _h5_values(os.path.join(workdir, name)):
+        problems.append(f"{name} differs")
+    exported = glob.glob(os.path.join(workdir, "serving", "*", "*", "saved_model.pb"))
+    if len(exported) != 1:
+        problems.append(f"{len(exported)} exported models (want 1)")
+    return problems
+
+
+def _h5_values(path):
+    import h5py  # pylint: disable=g-import-not-at-top
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()].tobytes())
+                     if isinstance(o, h5py.Dataset) else None)
+    return out
 
 
 def compare_pseudo(reference, output):
@@ -185,6 +236,7 @@ def _commands(data_dir, results):
         "train": lambda d: train_command(data_dir, d, _STEPS.value),
         "pretrain": lambda d: pretrain_command(data_dir, d, _STEPS.value),
         "pseudo": lambda d: pseudo_command(data_dir, results["references"]["train"]["dir"], d),
+        "pipeline": lambda d: pipeline_command(data_dir, d, _STEPS.value),
     }
 
 
@@ -217,7 +269,8 @@ def _reference(part, root, data_dir, results):
 def run_part(part, root, data_dir, results):
     reference = _reference(part, root, data_dir, results)
     ref_dir, command = reference["dir"], _commands(data_dir, results)[part]
-    compare = compare_pseudo if part == "pseudo" else compare_training
+    compare = {"pseudo": compare_pseudo, "pipeline": compare_pipeline}.get(part,
+                                                                           compare_training)
     trials = results.setdefault("trials", {}).setdefault(part, [])
     for index in range(_KILLS.value):
         draw = random.Random(f"{_SEED.value}-{part}-{index}")  # the same kill times on a rerun
@@ -297,8 +350,8 @@ def main(argv):
     results["settings"] = {"kills": _KILLS.value, "steps": _STEPS.value, "seed": _SEED.value,
                            "parts": list(_PARTS.value)}
     for part in _PARTS.value:
-        if part not in ("train", "pretrain", "pseudo"):
-            raise app.UsageError(f"--parts: unknown part {part!r} (train, pretrain, pseudo)")
+        if part not in PARTS:
+            raise app.UsageError(f"--parts: unknown part {part!r} ({', '.join(PARTS)})")
     for part in _PARTS.value:
         run_part(part, root, data_dir, results)
     if _SUITE.value:
