@@ -57,3 +57,61 @@ def is_chief():
     return task.get("type") in ("chief", "master") or (
         task.get("type") == "worker" and task.get("index", 0) == 0
         and "chief" not in tf_config.get("cluster", {}))
+
+
+def adapt_model(model, strategy):
+    """Makes a Keras 3 model's `fit` work under `MultiWorkerMirroredStrategy` (a no-op under
+    any other strategy). Two workarounds of keras-team/keras#20585:
+
+    - Keras builds the model from the first batch by `strategy.reduce("MEAN", batch,
+      axis=None)`, which MWMS cannot do for per-replica values ("Attempt to convert a value
+      (PerReplica...) to a Tensor"); every replica's batch has the same shapes, so the first
+      local replica's is built from instead.
+    - Keras reduces each step's scalar logs with `strategy.reduce("MEAN", v, axis=0)`, which
+      fails on MWMS's scalars ("Invalid reduction dimension 0"), and its `fit` ignores
+      `distribute_reduction_method` (the reduction is hard-coded "auto"): Keras's
+      `reduce_per_replica` is wrapped so that, under MWMS only, "auto" takes the first local
+      replica's logs. The logs (losses, metrics) are then this worker's; the training itself
+      (gradients all-reduced over every replica of every worker) is unchanged.
+
+    Returns:
+      `model`.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return model
+    import types  # pylint: disable=g-import-not-at-top
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                batch = next(it)
+                data_batch = tf.nest.map_structure(
+                    lambda v: (self.distribute_strategy.experimental_local_results(v)[0]
+                               if isinstance(v, tf.distribute.DistributedValues) else v),
+                    batch)
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = types.MethodType(  # pylint: disable=protected-access
+        _maybe_symbolic_build, model)
+    _first_replica_logs_under_multi_worker()
+    return model
+
+
+def _first_replica_logs_under_multi_worker():
+    from keras.src.backend.tensorflow import trainer as keras_tf_trainer  # pylint: disable=g-import-not-at-top
+    reduce = keras_tf_trainer.reduce_per_replica
+    if getattr(reduce, "rethink_tf_wrapped", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if (reduction == "auto"
+                and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+            return tf.nest.map_structure(
+                lambda v: (strategy.experimental_local_results(v)[0]
+                           if isinstance(v, tf.distribute.DistributedValues) else v), values)
+        return reduce(values, strategy, reduction)
+
+    reduce_per_replica.rethink_tf_wrapped = True
+    keras_tf_trainer.reduce_per_replica = reduce_per_replica

@@ -85,6 +85,7 @@ class Run:
             self.optimizer = optimizer_lib.build_optimizer(config.train)
             (hooks.compile_model or tasks.compile_model)(self.model, config, self.optimizer)
             self.optimizer.build(self.model.trainable_variables)
+        strategy_lib.adapt_model(self.model, self.strategy)
         # A student's loss-normaliser state is saved beside the model, not in it.
         extras = (self.model.checkpoint_extras()
                   if hasattr(self.model, "checkpoint_extras") else {})
@@ -165,12 +166,17 @@ def train(config, workdir, extra_callbacks=(), hooks=None):
         config_lib.save(config, workdir)
 
     total = int(config.train.steps)
-    tb_train = tf.summary.create_file_writer(os.path.join(workdir, "tb", "train"))
-    tb_eval = tf.summary.create_file_writer(os.path.join(workdir, "tb", "eval"))
+    # Only the chief writes TensorBoard events (the workdir may be shared by the workers).
+    tb_train, tb_eval = (
+        (tf.summary.create_file_writer(os.path.join(workdir, "tb", name)) if run.chief
+         else tf.summary.create_noop_writer()) for name in ("train", "eval"))
     evaluate = hooks.evaluate or _task_evaluation(config, run)
 
+    evaluated = {}
+
     def evaluate_fn(step):
-        return _evaluate_and_record(run, evaluate, tb_eval, step)
+        evaluated[step] = _evaluate_and_record(run, evaluate, tb_eval, step)
+        return evaluated[step]
 
     if run.step < total:
         data_fn = hooks.train_data or tasks.train_dataset
@@ -199,6 +205,11 @@ def train(config, workdir, extra_callbacks=(), hooks=None):
                           or checkpoints.step_of(run.checkpoints.latest_checkpoint) != run.step):
             run.checkpoints.save(run.step)
     extra = hooks.after_training(run) if hooks.after_training else {}
+    if not run.chief:
+        # Another worker: metrics.json is the chief's to write (and on a shared workdir it
+        # may be mid-write now): return this worker's own evaluation.
+        own = evaluated.get(run.step) or evaluate_fn(run.step)
+        return {**own, **(extra or {})}
     metrics_path = os.path.join(workdir, "metrics.json")
     if not os.path.exists(metrics_path) or _recorded_step(metrics_path) != run.step:
         evaluate_fn(run.step)

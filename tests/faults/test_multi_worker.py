@@ -8,13 +8,12 @@ weights after the steps agree with the single process's: every weight's update w
 batch norm and the loss normalisers' cross-replica sums); both workers hold the same
 weights; only the chief wrote checkpoints, metrics and TensorBoard events.
 
-Today `model.fit` under `MultiWorkerMirroredStrategy` fails in Keras 3 itself (both workers
-exit at the first step: keras-team/keras#20585), so the test is an expected failure until the
-workarounds in `_KERAS_MWMS` land. With them applied (measured by patching Keras in the
-worker), the 2-worker run matches the single process to a relative update difference of
-7e-5 (worst weight), the workers' weights are identical, checkpoints and metrics are written
-once; but the non-chief worker also writes TensorBoard event files into the shared workdir,
-and at its end it reads metrics.json, racing the chief that writes it.
+`model.fit` under `MultiWorkerMirroredStrategy` fails in Keras 3 itself (keras-team/keras#20585);
+`strategy.adapt_model` works around it (the model is built from the first local replica's
+batch, and the step's logs are the first replica's), the trainer gives non-chief workers no-op
+TensorBoard writers and lets them return their own evaluation instead of reading the chief's
+metrics.json. Measured: the 2-worker run matches the single process to a relative update
+difference of about 7e-5 (worst weight).
 """
 
 import json
@@ -69,24 +68,6 @@ def load_weights(path):
         return [f[f"arr_{i}"] for i in range(len(f.files))]
 
 
-_KERAS_MWMS = (
-    "needs lead change (rethink_tf/training/trainer.py or a shared model base in models/): "
-    "(1) Keras 3's TensorFlowTrainer._maybe_symbolic_build calls strategy.reduce('MEAN', "
-    "<nested first batch>, axis=None), which MultiWorkerMirroredStrategy cannot do "
-    "('Attempt to convert a value (PerReplica...) to a Tensor'): override it to build from "
-    "`strategy.experimental_local_results(v)[0]` of each leaf; (2) Keras 3's "
-    "reduce_per_replica reduces the step's scalar logs with strategy.reduce('MEAN', v, "
-    "axis=0) under MWMS ('Invalid reduction dimension 0 for input with 0 dimensions'): set "
-    "`model.distribute_reduction_method = 'first'` under multi_worker (or 'sum' and divide by "
-    "num_replicas_in_sync) -- both keras-team/keras#20585; (3) trainer.train creates the "
-    "TensorBoard writers on every worker: use tf.summary.create_noop_writer() when not "
-    "run.chief; (4) at its end trainer.train reads workdir/metrics.json on every worker, "
-    "which races the chief's write on a shared workdir (FileNotFoundError on the non-chief, "
-    "seen) and never exists on a worker's own disk: a non-chief must return the metrics its "
-    "own evaluation computed")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_KERAS_MWMS)
 def test_two_workers_train_as_one_process_and_only_the_chief_writes(
         tmp_path, trained_workdir, digit_scenes_data_dir):
     from rethink_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
