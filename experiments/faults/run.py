@@ -338,6 +338,9 @@ def summary_markdown(results):
 
 def main(argv):
     del argv
+    for part in _PARTS.value:
+        if part not in PARTS:
+            raise app.UsageError(f"--parts: unknown part {part!r} ({', '.join(PARTS)})")
     root = os.path.abspath(_ROOT.value)
     os.makedirs(root, exist_ok=True)
     data_dir = os.path.abspath(_DATA_DIR.value or os.path.join(root, "tfds"))
@@ -349,9 +352,6 @@ def main(argv):
             results = json.load(f)
     results["settings"] = {"kills": _KILLS.value, "steps": _STEPS.value, "seed": _SEED.value,
                            "parts": list(_PARTS.value)}
-    for part in _PARTS.value:
-        if part not in PARTS:
-            raise app.UsageError(f"--parts: unknown part {part!r} ({', '.join(PARTS)})")
     for part in _PARTS.value:
         run_part(part, root, data_dir, results)
     if _SUITE.value:
