@@ -249,8 +249,19 @@ def write_shard(path: str, records: Iterable[bytes], stats: Mapping | None = Non
 
 
 def write_manifest(directory: str) -> dict:
-    """Merges settings.json and the finished shards' stats into manifest.json; returns it."""
+    """Merges settings.json and the finished shards' stats into manifest.json; returns it.
+
+    Machines finishing their shards of one directory at the same moment each write the
+    manifest from the shards they see; each then looks again and rewrites it if more shards
+    finished meanwhile, so the last manifest written counts every finished shard (a manifest
+    written from fewer is always followed by one from all).
+    """
     settings = read_json(os.path.join(directory, SETTINGS))
-    manifest = build_manifest(settings, finished_stats(directory, settings))
-    write_json(os.path.join(directory, MANIFEST), manifest)
-    return manifest
+    stats = finished_stats(directory, settings)
+    while True:
+        manifest = build_manifest(settings, stats)
+        write_json(os.path.join(directory, MANIFEST), manifest)
+        now = finished_stats(directory, settings)
+        if now == stats:
+            return manifest
+        stats = now
