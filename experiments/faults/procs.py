@@ -1,9 +1,11 @@
-"""Running the package's commands as a user does, and killing them with SIGKILL.
+"""Running the package's commands as a user does, killing them with SIGKILL, and comparing
+a finished training workdir with a reference's.
 
 Shared by `experiments/faults/run.py` (random kills, many times) and `tests/faults/` (kills at
 named points): `python <args>` from the repository root, on CPU, unbuffered.
 """
 
+import json
 import os
 import re
 import signal
@@ -91,3 +93,34 @@ def last_line(output):
 
 
 _LOG_LINE = re.compile(r"^([IWEF]\d{4} |\d{4}-\d\d-\d\d |WARNING:|INFO:|E0000 |W0000 )")
+
+
+def checkpoint_values(workdir):
+    """{name: value} of every variable of a workdir's latest checkpoint (but the
+    checkpoint's own save counter)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+            if "save_counter" not in n}
+
+
+def metrics(workdir):
+    """A workdir's metrics.json without the measured speed."""
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return {k: v for k, v in json.load(f).items() if k != "images_per_s"}
+
+
+def training_differences(reference, workdir):
+    """[] when the final checkpoint and metrics equal the reference's, else what differs."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    problems = []
+    if metrics(workdir) != metrics(reference):
+        problems.append("metrics differ")
+    want, got = checkpoint_values(reference), checkpoint_values(workdir)
+    if sorted(want) != sorted(got):
+        problems.append("checkpoint variables differ")
+    else:
+        differ = [n for n in want if not np.array_equal(want[n], got[n])]
+        if differ:
+            problems.append(f"{len(differ)} of {len(want)} checkpoint values differ")
+    return problems

@@ -121,32 +121,7 @@ def pseudo_command(data_dir, teacher, output):
 
 # What a finished run is, compared with the reference's.
 
-def _checkpoint_values(workdir):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
-    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
-            if "save_counter" not in n}
-
-
-def _metrics(workdir):
-    with open(os.path.join(workdir, "metrics.json")) as f:
-        return {k: v for k, v in json.load(f).items() if k != "images_per_s"}
-
-
-def compare_training(reference, workdir):
-    """[] when the final checkpoint and metrics equal the reference's, else what differs."""
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    problems = []
-    if _metrics(workdir) != _metrics(reference):
-        problems.append("metrics differ")
-    want, got = _checkpoint_values(reference), _checkpoint_values(workdir)
-    if sorted(want) != sorted(got):
-        problems.append("checkpoint variables differ")
-    else:
-        differ = [n for n in want if not np.array_equal(want[n], got[n])]
-        if differ:
-            problems.append(f"{len(differ)} of {len(want)} checkpoint values differ")
-    return problems
+compare_training = procs.training_differences
 
 
 def compare_pipeline(reference, workdir):

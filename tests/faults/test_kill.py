@@ -9,13 +9,13 @@ latest checkpoint that restores. Pseudo-labelling's kill is in
 `experiments/faults/run.py` kills at random points, many times, at larger sizes.
 """
 
-import json
 import os
 
 import numpy as np
 import pytest
 
 from faults_helpers import killed_then_rerun  # tests/faults/  # pylint: disable=g-bad-import-order
+from faults_helpers import procs  # pylint: disable=g-bad-import-order
 from faults_helpers import run_command  # pylint: disable=g-bad-import-order
 
 import tensorflow as tf  # pylint: disable=g-bad-import-order
@@ -38,26 +38,8 @@ def _train_command(data_dir, workdir):
         "--config.eval.tb_images=0", "--config.deterministic=True"]
 
 
-def _checkpoint_values(directory):
-    """{name: value} of every variable of the latest checkpoint in `directory` (but the
-    checkpoint's own save counter)."""
-    reader = tf.train.load_checkpoint(directory)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if "save_counter" not in name}
-
-
-def _metrics(workdir):
-    with open(os.path.join(workdir, "metrics.json")) as f:
-        return {k: v for k, v in json.load(f).items() if k != "images_per_s"}
-
-
 def _assert_same_run(reference, workdir):
-    assert _metrics(workdir) == _metrics(reference)
-    expected = _checkpoint_values(os.path.join(reference, "checkpoints"))
-    got = _checkpoint_values(os.path.join(workdir, "checkpoints"))
-    assert sorted(got) == sorted(expected)
-    for name, value in expected.items():
-        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert procs.training_differences(reference, workdir) == []
     # The best checkpoint restores too (the one evaluation and export read).
     assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints", "best"))
 
@@ -114,7 +96,7 @@ def test_pretrain_killed_mid_step_then_rerun_writes_the_uninterrupted_backbone(
     output = killed_then_rerun(_pretrain_command(digit_scenes_data_dir, workdir), "step 3/6 ",
                                0.0)
     assert "Resuming from" in output, output[-2000:]
-    assert _metrics(workdir) == _metrics(reference)
+    assert procs.metrics(workdir) == procs.metrics(reference)
     import h5py  # pylint: disable=g-import-not-at-top
     with h5py.File(os.path.join(reference, "backbone.weights.h5")) as a, \
             h5py.File(os.path.join(workdir, "backbone.weights.h5")) as b:
