@@ -255,15 +255,25 @@ def evaluation_inputs(config, info, split):
 
 
 def _task_evaluation(config, run):
-    """The task's evaluation (COCO AP, mIoU, top-1) on the eval split, as a hook."""
+    """The task's evaluation (COCO AP, mIoU, top-1) on the eval split, as a hook.
+
+    What does not change between the periodic evaluations of a run is made once, at the
+    first: the compiled predict function (traced once, not at every evaluation) and the
+    ground truth it is scored against (the annotation file or the canonical examples).
+    """
     eval_data = tasks.eval_dataset(config)
+    cache = {}
 
     def evaluate(run_, split):
         del split  # always the eval split (evaluate_workdir scores others)
+        if cache.get("model") is not run_.model:
+            cache.update(model=run_.model,
+                         predict_fn=evaluator.make_predict_fn(run_.model, config.task),
+                         inputs=evaluation_inputs(config, run_.info, config.dataset.eval_split))
         return evaluator.evaluate(
             run_.model, eval_data, config.task, run_.num_classes, class_names=run_.class_names,
             num_images=config.eval.num_images, keep_examples=config.eval.tb_images,
-            **evaluation_inputs(config, run_.info, config.dataset.eval_split))
+            predict_fn=cache["predict_fn"], **cache["inputs"])
 
     del run
     return evaluate

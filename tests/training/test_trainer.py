@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from rethink_tf.evaluation import evaluator
 from rethink_tf.training import checkpoints
 from rethink_tf.training import config as config_lib
 from rethink_tf.training import optimizer as optimizer_lib
@@ -335,3 +336,27 @@ def test_distributed_step_matches_single_device(task, weight_decay, clipnorm,
         # First SGD step: update = lr * clipped gradient, so its norm shows the clip engaged.
         for logs, _ in results:
             assert logs["update_norm"] == pytest.approx(0.01 * clipnorm, rel=1e-3)
+
+
+def test_periodic_evaluations_compile_predict_and_load_ground_truth_once(
+        tmp_path, digit_scenes_data_dir, monkeypatch):
+    """Evaluations at steps 2, 4 and 6 of one run share one traced predict function and one
+    copy of the ground truth (they were rebuilt, and predict retraced, at every evaluation)."""
+    calls = {"predict_fn": 0, "inputs": 0}
+    make_predict_fn, evaluation_inputs = evaluator.make_predict_fn, trainer.evaluation_inputs
+
+    def counting_predict_fn(*args, **kwargs):
+        calls["predict_fn"] += 1
+        return make_predict_fn(*args, **kwargs)
+
+    def counting_inputs(*args, **kwargs):
+        calls["inputs"] += 1
+        return evaluation_inputs(*args, **kwargs)
+    monkeypatch.setattr(evaluator, "make_predict_fn", counting_predict_fn)
+    monkeypatch.setattr(trainer, "evaluation_inputs", counting_inputs)
+    config = tiny_config("detection", digit_scenes_data_dir, steps=6)
+    config.train.eval_every = 2
+    trainer.train(config, str(tmp_path / "run"))
+    with open(tmp_path / "run" / "metrics_history.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [2, 4, 6]
+    assert calls == {"predict_fn": 1, "inputs": 1}
