@@ -5,7 +5,8 @@
 spec: {"config": the config as a dict, "workdir", "batches": a `tf.data.Dataset.save`
 directory of global batches, "weights": where to write the final weights (.npz),
 "tf_config": the worker's TF_CONFIG or null}. The job trains with `trainer.train`, as
-`python -m rethink_tf.train` does, except that its batches come from `batches`: input pipeline
+`python -m rethink_tf.train` does (a student config: with the student model, as
+`student.train_student` does), except that its batches come from `batches`: input pipeline
 p of n gets the p-th n-th of every global batch, so any number of workers trains on the same
 global batches as one process (the data pipeline proper seeds and shards per pipeline, so its
 global batches depend on the number of workers by design).
@@ -27,7 +28,8 @@ def fixed_batches(directory):
         global_batch = int(config.train.batch_size)
         share = global_batch // pipelines  # examples of each global batch this pipeline feeds
 
-        def mine(*batch):
+        def mine(*batch):  # (x, y) for supervised batches, one dict of streams for a student
+            batch = batch[0] if len(batch) == 1 else batch
             return tf.nest.map_structure(
                 lambda t: t[pipeline * share:(pipeline + 1) * share], batch)
 
@@ -57,7 +59,11 @@ def run(spec):
     import ml_collections  # pylint: disable=g-import-not-at-top
     from rethink_tf.training import trainer  # pylint: disable=g-import-not-at-top
     config = ml_collections.ConfigDict(spec["config"])
-    hooks = trainer.Hooks(train_data=fixed_batches(spec["batches"]),
+    build_model = None
+    if config.self_training.get("student", False):  # a noisy student, as train_student builds it
+        from rethink_tf.training import student  # pylint: disable=g-import-not-at-top
+        build_model = student.build_student_model
+    hooks = trainer.Hooks(build_model=build_model, train_data=fixed_batches(spec["batches"]),
                           after_training=save_weights(spec["weights"]))
     return trainer.train(config, spec["workdir"], hooks=hooks)
 
