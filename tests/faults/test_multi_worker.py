@@ -107,6 +107,21 @@ def finish(workers, timeout=420):
     return outputs
 
 
+def assert_workers_match_one_process(single_config, batches, tmp_path, config, teacher_dir):
+    """Trains one process (default strategy) on the same global batches, then checks that
+    both workers hold the same weights (`tmp_path/worker<i>.npz`) and that their update
+    matches the single process's within UPDATE_RTOL."""
+    multi_worker_job.run({"config": single_config, "workdir": str(tmp_path / "single"),
+                          "batches": batches, "weights": str(tmp_path / "single.npz")})
+    initial = initial_weights(config, teacher_dir)
+    reference = load_weights(str(tmp_path / "single.npz"))
+    chief, other = (load_weights(str(tmp_path / f"worker{i}.npz")) for i in range(2))
+    for a, b in zip(chief, other):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    distributed_step.assert_updates_match(initial, [(None, reference), (None, chief)],
+                                          rtol=UPDATE_RTOL)
+
+
 def test_two_workers_train_as_one_process_and_only_the_chief_writes(
         tmp_path, trained_workdir, digit_scenes_data_dir):
     from rethink_tf.training import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -125,15 +140,7 @@ def test_two_workers_train_as_one_process_and_only_the_chief_writes(
     finish(workers)
 
     # One process, the default strategy, on the same global batches.
-    multi_worker_job.run({"config": single_config, "workdir": str(tmp_path / "single"),
-                          "batches": batches, "weights": str(tmp_path / "single.npz")})
-    initial = initial_weights(config, trained_workdir)
-    reference = load_weights(str(tmp_path / "single.npz"))
-    chief, other = (load_weights(str(tmp_path / f"worker{i}.npz")) for i in range(2))
-    for a, b in zip(chief, other):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    distributed_step.assert_updates_match(initial, [(None, reference), (None, chief)],
-                                          rtol=UPDATE_RTOL)
+    assert_workers_match_one_process(single_config, batches, tmp_path, config, trained_workdir)
 
     # Only the chief (worker 0) wrote: checkpoints and metrics once, events from its pid.
     with open(os.path.join(workdir, "metrics.json")) as f:
@@ -191,15 +198,7 @@ def test_a_worker_killed_mid_run_and_the_job_restarted_resumes_from_the_last_che
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert json.load(f)["step"] == steps
 
-    multi_worker_job.run({"config": single_config, "workdir": str(tmp_path / "single"),
-                          "batches": batches, "weights": str(tmp_path / "single.npz")})
-    initial = initial_weights(config, trained_workdir)
-    reference = load_weights(str(tmp_path / "single.npz"))
-    chief, other = (load_weights(str(tmp_path / f"worker{i}.npz")) for i in range(2))
-    for a, b in zip(chief, other):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    distributed_step.assert_updates_match(initial, [(None, reference), (None, chief)],
-                                          rtol=UPDATE_RTOL)
+    assert_workers_match_one_process(single_config, batches, tmp_path, config, trained_workdir)
 
 
 
@@ -220,12 +219,4 @@ def test_a_noisy_student_on_two_workers_trains_as_one_process(
     workers = start_workers(config, str(tmp_path / "multi"), batches,
                             str(tmp_path / "worker{}.npz"), digit_scenes_data_dir)
     finish(workers)
-    multi_worker_job.run({"config": single_config, "workdir": str(tmp_path / "single"),
-                          "batches": batches, "weights": str(tmp_path / "single.npz")})
-    initial = initial_weights(config, trained_workdir)
-    reference = load_weights(str(tmp_path / "single.npz"))
-    chief, other = (load_weights(str(tmp_path / f"worker{i}.npz")) for i in range(2))
-    for a, b in zip(chief, other):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    distributed_step.assert_updates_match(initial, [(None, reference), (None, chief)],
-                                          rtol=UPDATE_RTOL)
+    assert_workers_match_one_process(single_config, batches, tmp_path, config, trained_workdir)
