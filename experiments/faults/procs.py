@@ -22,6 +22,40 @@ def env():
             "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+def train_command(data_dir, workdir, steps, eval_every=0, eval_images=8):
+    """`python -m rethink_tf.train` args: a tiny deterministic detector (64 px, resnet_tiny,
+    S4 and stochastic depth, so every random source is exercised), a checkpoint every 2
+    steps and a line per step, on `digit_scenes/detection_tiny` in `data_dir`."""
+    return [
+        "-m", "rethink_tf.train", "--config=experiments/configs/detection.py",
+        f"--workdir={workdir}", "--config.dataset.name=digit_scenes/detection_tiny",
+        f"--config.dataset.data_dir={data_dir}", "--config.dataset.image_size=64",
+        "--config.dataset.shuffle_buffer=16", "--config.model.backbone=resnet_tiny",
+        "--config.model.fpn_filters=8", "--config.model.head_filters=8",
+        "--config.model.head_depth=1", "--config.model.drop_path_rate=0.2",
+        "--config.augment=s4", f"--config.train.steps={steps}", "--config.train.batch_size=4",
+        "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2",
+        f"--config.train.eval_every={eval_every}", "--config.train.log_every=1",
+        "--config.train.verbose=2", f"--config.eval.num_images={eval_images}",
+        "--config.eval.batch_size=8", "--config.eval.tb_images=0",
+        "--config.deterministic=True"]
+
+
+def pretrain_command(data_dir, workdir, steps):
+    """`python -m rethink_tf.pretrain` args: a tiny deterministic supervised pre-training on
+    `digit_scenes/classification_tiny`, a checkpoint every 2 steps and a line per step."""
+    return [
+        "-m", "rethink_tf.pretrain", "--config=experiments/configs/pretrain_classification.py",
+        f"--workdir={workdir}", "--config.dataset.name=digit_scenes/classification_tiny",
+        f"--config.dataset.data_dir={data_dir}", "--config.dataset.image_size=32",
+        "--config.dataset.shuffle_buffer=16", "--config.model.backbone=resnet_tiny",
+        f"--config.train.steps={steps}", "--config.train.batch_size=8",
+        "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2",
+        "--config.train.log_every=1", "--config.train.verbose=2",
+        "--config.eval.num_images=16", "--config.eval.batch_size=16",
+        "--config.deterministic=True"]
+
+
 def run(args, timeout=1800):
     """Runs `python <args>`; returns (returncode, output) with stderr folded into stdout."""
     proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env(), timeout=timeout,

@@ -64,35 +64,6 @@ def _ensure_data(data_dir):
         builder.download_and_prepare()
 
 
-def train_command(data_dir, workdir, steps):
-    return [
-        "-m", "rethink_tf.train", "--config=experiments/configs/detection.py",
-        f"--workdir={workdir}", f"--config.dataset.name={UNLABELED}",
-        f"--config.dataset.data_dir={data_dir}", "--config.dataset.image_size=64",
-        "--config.dataset.shuffle_buffer=16", "--config.model.backbone=resnet_tiny",
-        "--config.model.fpn_filters=8", "--config.model.head_filters=8",
-        "--config.model.head_depth=1", "--config.model.drop_path_rate=0.2",
-        "--config.augment=s4", f"--config.train.steps={steps}", "--config.train.batch_size=4",
-        "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2",
-        f"--config.train.eval_every={max(steps // 3, 1)}", "--config.train.log_every=1",
-        "--config.train.verbose=2", "--config.eval.num_images=16",
-        "--config.eval.batch_size=8", "--config.eval.tb_images=0",
-        "--config.deterministic=True"]
-
-
-def pretrain_command(data_dir, workdir, steps):
-    return [
-        "-m", "rethink_tf.pretrain", "--config=experiments/configs/pretrain_classification.py",
-        f"--workdir={workdir}", "--config.dataset.name=digit_scenes/classification_tiny",
-        f"--config.dataset.data_dir={data_dir}", "--config.dataset.image_size=32",
-        "--config.dataset.shuffle_buffer=16", "--config.model.backbone=resnet_tiny",
-        f"--config.train.steps={steps}", "--config.train.batch_size=8",
-        "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2",
-        "--config.train.log_every=1", "--config.train.verbose=2",
-        "--config.eval.num_images=16", "--config.eval.batch_size=16",
-        "--config.deterministic=True"]
-
-
 def pipeline_command(data_dir, workdir, steps):
     """The main job (pre-train -> teacher -> pseudo labels -> student -> export), tiny."""
     common = ["train.batch_size=4", "train.warmup_steps=1", "train.checkpoint_every=2",
@@ -227,8 +198,10 @@ def run_trial(name, part, command, compare, reference, directory, timeline, rng)
 
 def _commands(data_dir, results):
     return {
-        "train": lambda d: train_command(data_dir, d, _STEPS.value),
-        "pretrain": lambda d: pretrain_command(data_dir, d, _STEPS.value),
+        "train": lambda d: procs.train_command(data_dir, d, _STEPS.value,
+                                                 eval_every=max(_STEPS.value // 3, 1),
+                                                 eval_images=16),
+        "pretrain": lambda d: procs.pretrain_command(data_dir, d, _STEPS.value),
         "pseudo": lambda d: pseudo_command(data_dir, results["references"]["train"]["dir"], d),
         "pipeline": lambda d: pipeline_command(data_dir, d, _STEPS.value),
     }

@@ -137,7 +137,7 @@ def write_tfds_coco_annotations(name: str, split: str, path: str, *,
     data = {"info": {"description": f"{name} {split}, written by rethink_tf from TFDS"},
             "images": images, "annotations": annotations,
             "categories": [{"id": int(c), "name": str(n)} for c, n in zip(category_ids, names)]}
-    _write_json_atomically(data, path)
+    atomic.write_json(path, data, "COCO annotation file")
     return path
 
 
@@ -169,7 +169,7 @@ def _complete_user_json(annotation_file: str, cache_dir: str | None) -> str:
                 logging.warning("%s: annotations lack id/area/iscrowd; evaluating against a "
                                 "completed copy %s (area = box area, iscrowd = 0)",
                                 annotation_file, path)
-                _write_json_atomically(data, path)
+                atomic.write_json(path, data, "COCO annotation file")
             return path
         except OSError as err:
             logging.warning("cannot write %s (%s)", path, err)
@@ -191,6 +191,3 @@ def _safe(text: str) -> str:
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', text)}-{digest}"
 
-
-def _write_json_atomically(data, path):
-    atomic.write_json(path, data, "COCO annotation file")

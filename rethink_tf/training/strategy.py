@@ -85,10 +85,7 @@ def adapt_model(model, strategy):
         if iterator is not None:
             for _, _, it in iterator:
                 batch = next(it)
-                data_batch = tf.nest.map_structure(
-                    lambda v: (self.distribute_strategy.experimental_local_results(v)[0]
-                               if isinstance(v, tf.distribute.DistributedValues) else v),
-                    batch)
+                data_batch = _first_replica(self.distribute_strategy, batch)
                 break
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=data_batch)
@@ -108,10 +105,15 @@ def _first_replica_logs_under_multi_worker():
     def reduce_per_replica(values, strategy, reduction):
         if (reduction == "auto"
                 and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)):
-            return tf.nest.map_structure(
-                lambda v: (strategy.experimental_local_results(v)[0]
-                           if isinstance(v, tf.distribute.DistributedValues) else v), values)
+            return _first_replica(strategy, values)
         return reduce(values, strategy, reduction)
 
     reduce_per_replica.rethink_tf_wrapped = True
     keras_tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def _first_replica(strategy, values):
+    """`values` with each per-replica leaf replaced by the first local replica's value."""
+    return tf.nest.map_structure(
+        lambda v: (strategy.experimental_local_results(v)[0]
+                   if isinstance(v, tf.distribute.DistributedValues) else v), values)

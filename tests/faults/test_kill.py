@@ -24,18 +24,7 @@ TRAIN_STEPS = 6
 
 
 def _train_command(data_dir, workdir):
-    return [
-        "-m", "rethink_tf.train", "--config=experiments/configs/detection.py",
-        f"--workdir={workdir}", "--config.dataset.name=digit_scenes/detection_tiny",
-        f"--config.dataset.data_dir={data_dir}", "--config.dataset.image_size=64",
-        "--config.dataset.shuffle_buffer=16", "--config.model.backbone=resnet_tiny",
-        "--config.model.fpn_filters=8", "--config.model.head_filters=8",
-        "--config.model.head_depth=1", "--config.model.drop_path_rate=0.2",
-        "--config.augment=s4", f"--config.train.steps={TRAIN_STEPS}",
-        "--config.train.batch_size=4", "--config.train.warmup_steps=1",
-        "--config.train.checkpoint_every=2", "--config.train.log_every=1",
-        "--config.train.verbose=2", "--config.eval.num_images=8", "--config.eval.batch_size=8",
-        "--config.eval.tb_images=0", "--config.deterministic=True"]
+    return procs.train_command(data_dir, workdir, TRAIN_STEPS)
 
 
 def _assert_same_run(reference, workdir):
@@ -76,16 +65,7 @@ def test_train_killed_then_rerun_equals_uninterrupted(point, reference_train, tm
 
 
 def _pretrain_command(data_dir, workdir):
-    return [
-        "-m", "rethink_tf.pretrain", "--config=experiments/configs/pretrain_classification.py",
-        f"--workdir={workdir}", "--config.dataset.name=digit_scenes/classification_tiny",
-        f"--config.dataset.data_dir={data_dir}", "--config.dataset.image_size=32",
-        "--config.dataset.shuffle_buffer=16", "--config.model.backbone=resnet_tiny",
-        "--config.train.steps=6", "--config.train.batch_size=8",
-        "--config.train.warmup_steps=1", "--config.train.checkpoint_every=2",
-        "--config.train.log_every=1", "--config.train.verbose=2",
-        "--config.eval.num_images=16", "--config.eval.batch_size=16",
-        "--config.deterministic=True"]
+    return procs.pretrain_command(data_dir, workdir, 6)
 
 
 def test_pretrain_killed_mid_step_then_rerun_writes_the_uninterrupted_backbone(
