@@ -210,10 +210,7 @@ class Detector(keras_cv.models.RetinaNet):
         box-less images, and keeps one or two positives from inflating a whole batch's loss.
         """
         del sample_weight, kwargs
-        y = keras_cv.bounding_box.convert_format(
-            trim_box_padding(y), source=self.bounding_box_format,
-            target=self.label_encoder.bounding_box_format, images=x)
-        boxes, classes = self.label_encoder(x, y)
+        boxes, classes = encode_detection_targets(self, x, y)
         cls_labels = ops.one_hot(ops.cast(classes, "int32"), self.num_classes, dtype="float32")
         positive = ops.cast(ops.greater(classes, -1.0), "float32")
         not_ignored = ops.cast(ops.not_equal(classes, -2.0), "float32")
@@ -279,6 +276,31 @@ def _image_hw(image_size):
     return height, width
 
 
+def build_label_encoder(*, max_level=7, anchor_sizes=None, anchor_scales=DEFAULT_SCALES,
+                        anchor_aspect_ratios=DEFAULT_ASPECT_RATIOS, positive_threshold=0.5,
+                        negative_threshold=0.4):
+    """The anchor label encoder of a detector with these settings (see `build_detector`).
+
+    `build_detector` gives its model this encoder; `pipeline_target_encoder` uses one built
+    with the same arguments to encode anchor targets in the input pipeline instead.
+    """
+    levels = list(range(MIN_LEVEL, max_level + 1))
+    strides = [2 ** level for level in levels]
+    sizes = list(anchor_sizes) if anchor_sizes is not None else [4.0 * s for s in strides]
+    if len(sizes) != len(levels):
+        raise ValueError(f"anchor_sizes needs one size per level P{MIN_LEVEL}..P{max_level} "
+                         f"({len(levels)}), got {sizes}")
+    anchor_generator = keras_cv.layers.AnchorGenerator(
+        bounding_box_format=BOUNDING_BOX_FORMAT, sizes=[float(s) for s in sizes],
+        scales=[float(s) for s in anchor_scales],
+        aspect_ratios=[float(a) for a in anchor_aspect_ratios], strides=strides,
+        clip_boxes=True)
+    return keras_cv.models.retinanet.LabelEncoder(
+        bounding_box_format=BOUNDING_BOX_FORMAT, anchor_generator=anchor_generator,
+        positive_threshold=positive_threshold, negative_threshold=negative_threshold,
+        box_variance=BOX_VARIANCE)
+
+
 def build_detector(backbone_name, num_classes, image_size, *, backbone_kwargs=None,
                    max_level=7, anchor_sizes=None, anchor_scales=DEFAULT_SCALES,
                    anchor_aspect_ratios=DEFAULT_ASPECT_RATIOS, fpn_filters=256,
@@ -326,21 +348,10 @@ def build_detector(backbone_name, num_classes, image_size, *, backbone_kwargs=No
     if height % 2 ** max_level or width % 2 ** max_level:
         raise ValueError(f"image_size {(height, width)} must be divisible by 2**max_level = "
                          f"{2 ** max_level}")
-    levels = list(range(MIN_LEVEL, max_level + 1))
-    strides = [2 ** level for level in levels]
-    sizes = list(anchor_sizes) if anchor_sizes is not None else [4.0 * s for s in strides]
-    if len(sizes) != len(levels):
-        raise ValueError(f"anchor_sizes needs one size per level P{MIN_LEVEL}..P{max_level} "
-                         f"({len(levels)}), got {sizes}")
-    anchor_generator = keras_cv.layers.AnchorGenerator(
-        bounding_box_format=BOUNDING_BOX_FORMAT, sizes=[float(s) for s in sizes],
-        scales=[float(s) for s in anchor_scales],
-        aspect_ratios=[float(a) for a in anchor_aspect_ratios], strides=strides,
-        clip_boxes=True)
-    label_encoder = keras_cv.models.retinanet.LabelEncoder(
-        bounding_box_format=BOUNDING_BOX_FORMAT, anchor_generator=anchor_generator,
-        positive_threshold=positive_threshold, negative_threshold=negative_threshold,
-        box_variance=BOX_VARIANCE)
+    label_encoder = build_label_encoder(
+        max_level=max_level, anchor_sizes=anchor_sizes, anchor_scales=anchor_scales,
+        anchor_aspect_ratios=anchor_aspect_ratios, positive_threshold=positive_threshold,
+        negative_threshold=negative_threshold)
     num_anchors = len(anchor_scales) * len(anchor_aspect_ratios)
     prior = keras.initializers.Constant(-np.log((1 - 0.01) / 0.01))
     backbone = backbones_lib.build_backbone(backbone_name, input_shape=(height, width, 3),
@@ -379,17 +390,57 @@ def trim_box_padding(y_true):
             "classes": classes[:, :count]}
 
 
+class _NoMetric:
+    def update_state(self, *args, **kwargs):
+        del args, kwargs
+
+
+# Keys of anchor targets encoded in the input pipeline (`pipeline_target_encoder`).
+BOX_TARGETS, CLASS_TARGETS = "box_targets", "class_targets"
+
+
 def encode_detection_targets(model, images, y_true):
     """Anchor targets of a batch: box deltas [B, A, 4] and classes [B, A].
 
     Classes are 0..C-1 for positive anchors, -1 for background and -2 for ignored anchors
-    (IoU between the two thresholds). `images` only supplies the image shape.
+    (IoU between the two thresholds). `images` only supplies the image shape. Targets the
+    input pipeline already encoded (`pipeline_target_encoder`) are used as they are.
     """
+    if CLASS_TARGETS in y_true:
+        return y_true[BOX_TARGETS], y_true[CLASS_TARGETS]
+    return _encode_targets(model.label_encoder, model.bounding_box_format, images, y_true)
+
+
+def _encode_targets(label_encoder, bounding_box_format, images, y_true):
     y_true = trim_box_padding(y_true)
     y_true = keras_cv.bounding_box.convert_format(
-        y_true, source=model.bounding_box_format,
-        target=model.label_encoder.bounding_box_format, images=images)
-    return model.label_encoder(images, y_true)
+        y_true, source=bounding_box_format, target=label_encoder.bounding_box_format,
+        images=images)
+    return label_encoder(images, y_true)
+
+
+def pipeline_target_encoder(label_encoder):
+    """`fn(images, targets) -> targets` adding the batch's anchor targets, for `tf.data`.
+
+    Encodes in the input pipeline what the train step would otherwise encode (the
+    placement of tf-models-official's RetinaNet parser): `targets` gains `box_targets`
+    [B, A, 4] and `class_targets` [B, A], which `Detector.compute_loss` and
+    `detector_loss_terms` then use as they are; boxes and classes stay for anything else
+    that reads them. The values equal the in-step encoding's.
+
+    Args:
+        label_encoder: from `build_label_encoder` with the detector's settings (its own
+            instance, not the model's: its matched-box metric is switched off).
+    """
+    # Keras-CV's encoder also updates a matched-box metric on every call: a variable
+    # assignment that has no place in an input pipeline (and nothing reads it there).
+    label_encoder.matched_boxes_metric = _NoMetric()
+
+    def encode(images, targets):
+        boxes, classes = _encode_targets(label_encoder, BOUNDING_BOX_FORMAT,
+                                         ops.cast(images, "float32"), targets)
+        return {**targets, BOX_TARGETS: boxes, CLASS_TARGETS: classes}
+    return encode
 
 
 def _box_loss_fn(model):

@@ -89,6 +89,10 @@ def base_config(task="detection"):
     c.train.log_every = 50
     c.train.mixed_precision = False
     c.train.xla = False
+    # Detection: encode anchor targets inside the train "step" or in the input "pipeline"
+    # (tf.data, beside the step, as tf-models-official's parser does; same values, and an
+    # accelerator's step no longer matches boxes to anchors; experiments/bench/TRAIN_STEP.md).
+    c.train.encode_targets = "step"
     c.train.verbose = 1  # 1 = progress bar, 2 = one line per interval
 
     c.eval = ml_collections.ConfigDict()
@@ -368,6 +372,8 @@ def validate(config):
     _bool(config, "train.xla")
     _choice(config, "train.verbose", (0, 1, 2))
     _choice(config, "train.nonfinite", ("stop", "skip"))
+    if "encode_targets" in t:
+        _choice(config, "train.encode_targets", ("step", "pipeline"))
     if "label_smoothing" in t:
         _float(config, "train.label_smoothing", 0.0, 1.0, high_open=True)
 

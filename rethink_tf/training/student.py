@@ -158,7 +158,7 @@ class StudentMixin:
 
 def concat_box_targets(first, second):
     """Box targets of two sub-batches as one batch; the one with fewer box slots is padded
-    (class -1) to the other's count."""
+    (class -1) to the other's count; anchor targets encoded in the pipeline are kept."""
     slots = tf.maximum(tf.shape(first["boxes"])[1], tf.shape(second["boxes"])[1])
 
     def pad(targets):
@@ -168,8 +168,14 @@ def concat_box_targets(first, second):
         return {"boxes": tf.pad(boxes, [[0, 0], [0, extra], [0, 0]], constant_values=-1.0),
                 "classes": tf.pad(classes, [[0, 0], [0, extra]], constant_values=-1.0)}
 
-    first, second = pad(first), pad(second)
-    return {key: tf.concat([first[key], second[key]], axis=0) for key in ("boxes", "classes")}
+    both = {key: tf.concat([pad(first)[key], pad(second)[key]], axis=0)
+            for key in ("boxes", "classes")}
+    # Anchor targets encoded in the input pipeline (`train.encode_targets="pipeline"`): every
+    # image has one row per anchor, so they concatenate as they are.
+    encoded = (detector_lib.BOX_TARGETS, detector_lib.CLASS_TARGETS)
+    if all(key in first and key in second for key in encoded):
+        both.update({key: tf.concat([first[key], second[key]], axis=0) for key in encoded})
+    return both
 
 
 _STUDENT_CLASSES = {}

@@ -283,8 +283,26 @@ def train_dataset(config, info, batch_size, input_context=None, start_step=0):
     start = int(start_step) * batch_size * replicas
     model_examples = train_examples(config, info, input_context, start_example=start)
     batches = model_examples.batch(batch_size, drop_remainder=True)
-    return batches.map(lambda b: pipelines.split_inputs(b, config.task)).prefetch(
+    encoder = target_encoder(config)
+    return batches.map(lambda b: _split_batch(b, config.task, encoder)).prefetch(
         tf.data.AUTOTUNE)
+
+
+def _split_batch(batch, task, detection_encoder):
+    images, targets = pipelines.split_inputs(batch, task)
+    if detection_encoder is not None and task == "detection":
+        targets = detection_encoder(images, targets)
+    return images, targets
+
+
+def target_encoder(config):
+    """`fn(images, targets) -> targets` encoding a detection batch's anchor targets in the
+    input pipeline (`train.encode_targets="pipeline"`), or None (encoded in the step)."""
+    if config.task != "detection" or config.train.get("encode_targets", "step") != "pipeline":
+        return None
+    m = config.model
+    return detector.pipeline_target_encoder(detector.build_label_encoder(
+        max_level=m.max_level, anchor_sizes=tuple(m.anchor_sizes)))
 
 
 def pseudo_examples(config, input_context=None):
@@ -324,20 +342,23 @@ def student_dataset(config, info, human_batch_size, input_context=None, start_st
                             input_context, step * pseudo_batch, {})
     pipelines.check_same_keys(human, pseudo)
     return stream_batches({pipelines.HUMAN: (human, human_batch_size, config.task),
-                           pipelines.PSEUDO: (pseudo, pseudo_batch, config.task)})
+                           pipelines.PSEUDO: (pseudo, pseudo_batch, config.task)},
+                          target_encoder(config))
 
 
-def stream_batches(streams):
+def stream_batches(streams, detection_encoder=None):
     """Batches of named streams: {name: (images, targets)}, each stream its own batch size.
 
     Args:
       streams: {name: (unbatched model examples, per-replica batch size, task)}.
+      detection_encoder: `target_encoder(config)`: applied to the detection streams' batches.
     """
     batched = {name: examples.batch(size, drop_remainder=True)
                for name, (examples, size, _) in streams.items()}
     tasks_of = {name: task for name, (_, _, task) in streams.items()}
     return tf.data.Dataset.zip(batched).map(
-        lambda b: {name: pipelines.split_inputs(b[name], tasks_of[name]) for name in b}
+        lambda b: {name: _split_batch(b[name], tasks_of[name], detection_encoder)
+                   for name in b}
     ).prefetch(tf.data.AUTOTUNE)
 
 
@@ -378,7 +399,8 @@ def joint_dataset(config, info, human_batch_size, input_context=None, start_step
     else:
         human = train_examples(config, info, input_context,
                                start_example=step * human_batch_size, stream=pipelines.HUMAN)
-        target = stream_batches({pipelines.HUMAN: (human, human_batch_size, config.task)})
+        target = stream_batches({pipelines.HUMAN: (human, human_batch_size, config.task)},
+                                target_encoder(config))
     classification = stream_batches({pipelines.CLASSIFICATION: (
         classification_examples(config, input_context, step * classification_batch),
         classification_batch, "classification")})

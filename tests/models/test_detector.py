@@ -219,3 +219,34 @@ def test_trim_box_padding_keeps_every_real_box():
     np.testing.assert_array_equal(np.asarray(out["boxes"]), boxes[:, :2])
     empty = det.trim_box_padding({"boxes": boxes, "classes": -np.ones_like(classes)})
     assert np.asarray(empty["classes"]).shape == (2, 1)
+
+
+def _pipeline_encoded(images, y):
+    """`y` with anchor targets encoded in a tf.data map (as `train.encode_targets=pipeline`)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    encode = detector_lib.pipeline_target_encoder(detector_lib.build_label_encoder(
+        max_level=5, anchor_sizes=(16.0, 32.0, 64.0)))
+    dataset = tf.data.Dataset.from_tensors((images, y)).map(encode)
+    return {key: np.asarray(value) for key, value in next(iter(dataset)).items()}
+
+
+def test_targets_encoded_in_the_pipeline_equal_the_step_and_give_the_same_loss(model):
+    images, y = _batch()
+    model.compile(optimizer="sgd", box_loss="smoothl1", classification_loss="focal")
+    encoded = _pipeline_encoded(images, y)
+    np.testing.assert_array_equal(encoded["boxes"], y["boxes"])  # kept for anything else
+    box_targets, class_targets = detector_lib.encode_detection_targets(model, images, y)
+    np.testing.assert_array_equal(encoded["class_targets"], np.asarray(class_targets))
+    np.testing.assert_array_equal(encoded["box_targets"], np.asarray(box_targets))
+    assert (encoded["class_targets"][0] >= 0).sum() > 0  # image 0 has positive anchors
+    assert (encoded["class_targets"][1] >= 0).sum() == 0  # the box-less image has none
+    y_pred = model(images, training=False)
+    np.testing.assert_allclose(float(model.compute_loss(images, encoded, y_pred)),
+                               float(model.compute_loss(images, y, y_pred)), rtol=1e-6)
+    # The pre-encoded targets are what the loss reads: corrupting them changes it.
+    wrong = dict(encoded, class_targets=np.full_like(encoded["class_targets"], -1.0))
+    assert float(model.compute_loss(images, wrong, y_pred)) != pytest.approx(
+        float(model.compute_loss(images, y, y_pred)), rel=1e-3)
+    terms = detector_lib.detector_loss_terms(model, images, encoded, y_pred)
+    np.testing.assert_allclose(float(terms["loss"]), float(model.compute_loss(images, y, y_pred)),
+                               rtol=1e-5)

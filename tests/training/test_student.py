@@ -278,3 +278,25 @@ def test_concat_box_targets_pads_the_sub_batch_with_fewer_slots():
     np.testing.assert_array_equal(out["classes"][:2, 3:], -1.0)  # padding rows
     np.testing.assert_array_equal(out["boxes"][2], 2.0)
     np.testing.assert_array_equal(out["classes"][2], 1.0)
+
+
+def test_student_step_on_targets_encoded_in_the_pipeline_equals_the_step(batches,
+                                                                         digit_scenes_data_dir):
+    """`train.encode_targets=pipeline`: the human and pseudo batches arrive with their anchor
+    targets (encoded in tf.data), and the student's step gives the losses and weights of the
+    step that encodes them itself."""
+    config, human, pseudo = batches
+    encoded_config = config.copy_and_resolve_references()
+    encoded_config.train.encode_targets = "pipeline"
+    info = tasks.dataset_info(encoded_config)
+    it = iter(tasks.train_dataset(encoded_config, info, 4))
+    e_human, e_pseudo = next(it), next(it)
+    assert "class_targets" in e_human[1] and "class_targets" in e_pseudo[1]
+    np.testing.assert_array_equal(e_human[0], human[0])  # the same batches, plus targets
+    plain, encoded = _student(config, alpha=0.7), _student(config, alpha=0.7)
+    a = _one_step(plain, (human, pseudo))
+    b = _one_step(encoded, (e_human, e_pseudo))
+    for key in ("loss", "human_loss", "pseudo_loss", "pseudo_weight", "pseudo_positives"):
+        assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    for x, y in zip(plain.get_weights(), encoded.get_weights()):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

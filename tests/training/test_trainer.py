@@ -146,6 +146,39 @@ def test_deterministic_run_resumed_ends_where_the_uninterrupted_one_does(
         np.testing.assert_array_equal(a, c)
 
 
+def test_anchor_targets_encoded_in_the_pipeline_train_as_in_the_step(tmp_path,
+                                                                    digit_scenes_data_dir):
+    """`train.encode_targets=pipeline` (tf.data encodes the anchor targets, the step only
+    reads them) ends with the weights and metrics of the default in-step encoding."""
+    config = _deterministic_config("detection", digit_scenes_data_dir)
+    step = trainer.train(config, str(tmp_path / "step"))
+    config.train.encode_targets = "pipeline"
+    pipeline = trainer.train(config, str(tmp_path / "pipeline"))
+    for key, value in _without_timing(step).items():
+        if isinstance(value, float):
+            assert pipeline[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    for a, b in zip(_final_weights(config, str(tmp_path / "step")),
+                    _final_weights(config, str(tmp_path / "pipeline"))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    config.train.encode_targets = "tf.data"
+    with pytest.raises(ValueError, match="train.encode_targets"):
+        config_lib.validate(config)
+
+
+def test_anchor_targets_encoded_in_the_pipeline_under_mirrored_strategy(tmp_path,
+                                                                        digit_scenes_data_dir):
+    """On 2 logical CPUs each replica's batch carries its own anchor targets: the run ends
+    with the weights of the in-step encoding under the same strategy."""
+    config = tiny_config("detection", digit_scenes_data_dir, steps=2)
+    config.strategy = "mirrored"
+    trainer.train(config, str(tmp_path / "step"))
+    config.train.encode_targets = "pipeline"
+    trainer.train(config, str(tmp_path / "pipeline"))
+    for a, b in zip(_final_weights(config, str(tmp_path / "step")),
+                    _final_weights(config, str(tmp_path / "pipeline"))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_deterministic_command_twice_gives_identical_results(tmp_path, digit_scenes_data_dir):
     """`python -m rethink_tf.train ... --config.deterministic=True` run twice: identical
     metrics.json (but for the measured speed) and identical final weights."""
