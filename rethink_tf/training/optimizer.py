@@ -157,6 +157,28 @@ class SGDL2(keras.optimizers.SGD):
             self._update_if_finite, self._distribution_strategy,
             list(zip(final, variables)), learning_rate, finite)
 
+    def update_step(self, gradient, variable, learning_rate):
+        """Keras's SGD update, in TF's fused momentum kernel where it applies.
+
+        m = momentum * m - lr * g; w += m: Keras computes it in four element-wise ops, each a
+        pass over the variable's memory; `ResourceApplyKerasMomentum` (the kernel of tf_keras's
+        SGD) makes one pass (ResNet-18's update 11 -> 6 ms on a CPU;
+        experiments/bench/TRAIN_STEP.md). Nesterov, no momentum, or a dtype the kernel does not
+        take go through Keras's own update.
+        """
+        momentum_slot = (self.momentums[self._get_variable_index(variable)]
+                         if self.momentum and not self.nesterov else None)
+        handle = getattr(variable, "handle", None)
+        slot = getattr(momentum_slot, "value", momentum_slot)
+        if (momentum_slot is None or handle is None or not hasattr(slot, "handle")
+                or variable.dtype != tf.float32 or slot.dtype != tf.float32):
+            return super().update_step(gradient, variable, learning_rate)
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=handle, accum=slot.handle, lr=tf.cast(learning_rate, tf.float32),
+            grad=tf.cast(gradient, tf.float32), momentum=tf.constant(self.momentum, tf.float32),
+            use_locking=False, use_nesterov=False)
+        return None
+
     def _update_if_finite(self, distribution, grads_and_vars, learning_rate, finite):
         # In the cross-replica context (as Keras's LossScaleOptimizer does it): a `cond` whose
         # branch updates variables is allowed here, not in a replica context. Every replica

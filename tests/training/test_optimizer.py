@@ -72,6 +72,31 @@ def test_two_sgd_steps_follow_coupled_l2_with_momentum():
     np.testing.assert_allclose(bias.numpy(), b, rtol=1e-6)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_fused_momentum_update_equals_keras_sgd(nesterov, monkeypatch):
+    """The fused kernel (nesterov falls back to Keras's ops) gives Keras SGD's weights and
+    momenta over steps, as eager calls and inside a tf.function."""
+    fused_calls = []
+    kernel = tf.raw_ops.ResourceApplyKerasMomentum
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyKerasMomentum",
+                        lambda **kw: fused_calls.append(1) or kernel(**kw))
+    rng = np.random.RandomState(0)
+    init = [rng.randn(3, 4).astype(np.float32), rng.randn(4).astype(np.float32)]
+    grads = [[rng.randn(*w.shape).astype(np.float32) for w in init] for _ in range(3)]
+    ours = [keras.Variable(w) for w in init]
+    reference = [keras.Variable(w) for w in init]
+    opt = optimizer_lib.SGDL2(learning_rate=0.05, momentum=0.9, nesterov=nesterov)
+    ref = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9, nesterov=nesterov)
+    step = tf.function(lambda g: opt.apply(g, ours))
+    for i, g in enumerate(grads):
+        g = [tf.constant(x) for x in g]
+        (opt.apply(g, ours) if i == 0 else step(g))
+        ref.apply(g, reference)
+    for a, b in zip(ours + list(opt.momentums), reference + list(ref.momentums)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert bool(fused_calls) != nesterov
+
+
 def test_clipping_uses_the_global_gradient_under_mirrored_strategy():
     """Each replica's partial gradient is under the bound, their sum is over it: the update
     must be the single-device clipped one (Keras's own clipnorm clips per replica)."""
