@@ -1,7 +1,8 @@
 r"""Peer benchmark: training images/s of our RetinaNet against tf-models-official's RetinaNet.
 
   python experiments/bench/train_step.py [--backbone=resnet18] [--image_size=128] \
-      [--batch_size=16] [--steps=20] [--repeats=3] [--out=/tmp/train_step.json]
+      [--batch_size=16] [--steps=20] [--repeats=7] [--chunk=5] [--encode=step|pipeline] \
+      [--out=/tmp/train_step.json]
 
 Both detectors are built with the same backbone depth (ResNet-18), image size, batch, pyramid
 levels (P3..P5), FPN width, head width and depth, anchors (sizes 16/32/64 = 2 x stride, 3 scales,
@@ -10,7 +11,9 @@ same preloaded batch (one `tf.data` element repeated):
 
 * ours: `rethink_tf.models.detector.build_detector` (Keras 3 / Keras-CV RetinaNet), compiled as
   `rethink_tf.training.tasks.compile_model` does (`box_loss="smoothl1"`,
-  `classification_loss="focal"`, `jit_compile=False`) with `SGD(0.01, momentum=0.9)`, trained
+  `classification_loss="focal"`, `jit_compile=False`) with the library's optimizer
+  (`optimizer.SGDL2(0.01, momentum=0.9)`: what `build_optimizer` builds, its L2 term and
+  clipping off; TF's fused momentum kernel, as the peer's SGD uses), trained
   with `model.fit` (its train_step encodes anchor targets with Keras-CV's label encoder, runs
   forward, focal + smooth-L1 loss, backward and the SGD update).
 * peer: `official.vision.modeling.factory.build_retinanet` (tf_keras / Keras 2) from
@@ -24,12 +27,20 @@ same preloaded batch (one `tf.data` element repeated):
 Loss constants are set equal (focal alpha 0.25, gamma 2; Huber delta 1 = smooth-L1 cutoff 1; box
 weight 1); the official defaults (gamma 1.5, delta 0.1, box weight 50) cost the same compute.
 
+Anchor targets (`--encode`): `step` (default) encodes them inside both train steps; `pipeline`
+encodes them in tf.data on both sides (ours: `train.encode_targets=pipeline`, i.e.
+`detector.pipeline_target_encoder` in a dataset map; the peer: its `AnchorLabeler` per image in
+a dataset map, where its own parser puts it), the steps only reading them.
+
 Measurement: each side is built and warmed up (`--warmup` steps, which include tracing), then
 `--repeats` rounds run `--steps` timed steps per side, the sides alternating every `--chunk`
 steps (ours, peer, ours, peer, ...; the first side swapped each round) so machine load hits
-both alike; images/s = steps * batch / wall
-seconds, medians reported. `--profile` also times parts of a step on both sides (label
-encoding, forward, forward+loss, forward+loss+backward) with the same alternation.
+both alike. Ours trains as `trainer.train` does, in ONE `model.fit` call for the whole
+measurement (fit's per-step work counted, its per-call set-up once, in the warm-up): a
+callback waits for ours' step at the end of each chunk and runs the peer's chunks there.
+Images/s = steps * batch / wall seconds of the side's chunks, medians reported. `--profile`
+also times parts of a step on both sides (label encoding, forward, forward+loss,
+forward+loss+backward) with the same alternation.
 """
 
 import argparse
@@ -109,6 +120,7 @@ class Ours:
     def __init__(self, args, images, targets):
         import keras  # pylint: disable=g-import-not-at-top
         from rethink_tf.models import detector
+        from rethink_tf.training import optimizer as optimizer_lib
         self.detector_lib = detector
         self.batch_size = args.batch_size
         keras.utils.set_random_seed(0)
@@ -116,12 +128,17 @@ class Ours:
             args.backbone, NUM_CLASSES, args.image_size, max_level=args.max_level,
             anchor_sizes=tuple(args.anchor_sizes), fpn_filters=args.fpn_filters,
             head_filters=args.head_filters, head_depth=args.head_depth)
-        self.model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        self.model.compile(optimizer=optimizer_lib.SGDL2(learning_rate=0.01, momentum=0.9),
                            box_loss="smoothl1", classification_loss="focal",
                            jit_compile=args.xla)
         self.images = tf.constant(images)
         self.targets = {k: tf.constant(v) for k, v in targets.items()}
         self.dataset = tf.data.Dataset.from_tensors((self.images, self.targets)).repeat()
+        if args.encode == "pipeline":
+            # `train.encode_targets=pipeline`: every batch's anchor targets encoded in tf.data.
+            encode = detector.pipeline_target_encoder(detector.build_label_encoder(
+                max_level=args.max_level, anchor_sizes=tuple(args.anchor_sizes)))
+            self.dataset = self.dataset.map(lambda x, y: (x, encode(x, y))).prefetch(2)
         self.model(self.images[:1], training=False)  # build
 
     def num_anchors(self):
@@ -137,12 +154,29 @@ class Ours:
                 "backbone": count(m.backbone), "fpn": count(m.feature_pyramid),
                 "heads": count(m.classification_head) + count(m.box_head)}
 
-    def train(self, steps):
-        """`model.fit` for `steps` steps; returns wall seconds (includes fit's epoch overhead)."""
-        start = time.perf_counter()
-        history = self.model.fit(self.dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-        seconds = time.perf_counter() - start
-        self.last_loss = float(history.history["loss"][-1])
+    def run(self, steps, between):
+        """ONE `model.fit` over all of `steps` (chunk lengths), as the trainer trains.
+
+        After each chunk a callback waits for the step's result, then calls `between(i)`
+        (the other side's chunks, inside the fit) and restarts the clock, so each chunk's time
+        is this side's alone, with fit's per-step work but its per-call set-up only once.
+        Returns the seconds of each chunk (the first one includes the call's set-up).
+        """
+        import keras  # pylint: disable=g-import-not-at-top
+        ends = np.cumsum(steps).tolist()
+        seconds, clock, side = [], [time.perf_counter()], self
+
+        class Alternate(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch + 1 != ends[len(seconds)]:
+                    return
+                side.last_loss = float(logs["loss"])  # waits for the step
+                seconds.append(time.perf_counter() - clock[0])
+                between(len(seconds) - 1)
+                clock[0] = time.perf_counter()
+
+        self.model.fit(self.dataset, steps_per_epoch=int(ends[-1]), epochs=1, verbose=0,
+                       callbacks=[Alternate()])
         return seconds
 
     # Parts of a step, for --profile (same computation as train_step, split up).
@@ -233,6 +267,10 @@ class Peer:
         self.images = tf.constant(images)
         self.targets = {k: tf.constant(v) for k, v in targets.items()}
         self.dataset = tf.data.Dataset.from_tensors((self.images, self.targets)).repeat()
+        self.encode_in_pipeline = args.encode == "pipeline"
+        if self.encode_in_pipeline:
+            # As the official parser: labels computed in tf.data, the step only reads them.
+            self.dataset = self.dataset.map(lambda x, y: (x, self.label(y))).prefetch(2)
         self.iterator = iter(self.dataset)
         self._train_step = tf.function(self._step)
 
@@ -289,7 +327,7 @@ class Peer:
     # official.vision.tasks.retinanet.RetinaNetTask.train_step (one replica, float32).
     def _step(self, batch):
         images, targets = batch
-        labels = self.label(targets)
+        labels = targets if self.encode_in_pipeline else self.label(targets)
         with tf.GradientTape() as tape:
             outputs = self.model(self.preprocess(images), training=True)
             outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
@@ -346,37 +384,54 @@ def _load():
     return os.getloadavg()
 
 
-def measure(sides, args):
+def measure(ours, peer, args):
     """Warm-up, then `repeats` rounds of `steps` steps per side.
 
     Within a round the sides alternate in chunks of `--chunk` steps (ours, peer, ours, ...,
     the first side swapped every round), so load changes on this shared machine hit both
-    alike; a side's round time is the sum of its chunks.
+    alike; a side's round time is the sum of its chunks. Ours trains as `trainer.train` does,
+    in one `model.fit` call, the peer's chunks running inside it between ours' (`Ours.run`).
     """
-    for side in sides:
-        t = side.train(args.warmup)
-        print(f"  warm-up {side.name}: {args.warmup} steps in {t:.1f} s "
-              f"(loss {side.last_loss:.3f})", flush=True)
     chunk = max(1, min(args.chunk or args.steps, args.steps))
+    plan = [("warmup", ours.name, args.warmup), ("warmup", peer.name, args.warmup)]
+    for r in range(args.repeats):
+        order = (ours, peer) if r % 2 == 0 else (peer, ours)
+        for start in range(0, args.steps, chunk):
+            plan += [(r, side.name, min(chunk, args.steps - start)) for side in order]
+    ours_items = [i for i, item in enumerate(plan) if item[1] == ours.name]
+    seconds, loads = {}, {}
+
+    def run_peer(items):
+        for i in items:
+            loads[i] = _load()[0]
+            seconds[i] = peer.train(plan[i][2])
+
+    def between(k):  # after ours' k-th chunk: the peer's chunks up to ours' next one
+        stop = ours_items[k + 1] if k + 1 < len(ours_items) else len(plan)
+        run_peer(range(ours_items[k] + 1, stop))
+        if k + 1 < len(ours_items):
+            loads[ours_items[k + 1]] = _load()[0]
+
+    run_peer(range(0, ours_items[0]))
+    loads[ours_items[0]] = _load()[0]
+    for i, t in zip(ours_items, ours.run([plan[i][2] for i in ours_items], between)):
+        seconds[i] = t
+    for side in (ours, peer):
+        warm = next(i for i, item in enumerate(plan) if item[:2] == ("warmup", side.name))
+        print(f"  warm-up {side.name}: {args.warmup} steps in {seconds[warm]:.1f} s", flush=True)
     rounds = []
     for r in range(args.repeats):
-        order = sides if r % 2 == 0 else sides[::-1]
-        seconds = {side.name: 0.0 for side in sides}
-        loads = []
-        done = 0
-        while done < args.steps:
-            n = min(chunk, args.steps - done)
-            for side in order:
-                loads.append(_load()[0])
-                seconds[side.name] += side.train(n)
-            done += n
-        for side in order:
-            ips = args.steps * args.batch_size / seconds[side.name]
-            rounds.append({"round": r, "side": side.name, "seconds": seconds[side.name],
-                           "images_per_s": ips, "loss": side.last_loss,
-                           "load1_mean": float(np.mean(loads))})
-            print(f"  round {r} {side.name}: {ips:6.2f} img/s ({seconds[side.name]:.2f} s, "
-                  f"loss {side.last_loss:.3f}, load {np.mean(loads):.2f})", flush=True)
+        items = [i for i, item in enumerate(plan) if item[0] == r]
+        first = plan[items[0]][1]
+        for name in (first, ours.name if first == peer.name else peer.name):
+            own = [i for i in items if plan[i][1] == name]
+            total = sum(seconds[i] for i in own)
+            ips = args.steps * args.batch_size / total
+            load = float(np.mean([loads[i] for i in items]))
+            rounds.append({"round": r, "side": name, "seconds": total, "images_per_s": ips,
+                           "load1_mean": load})
+            print(f"  round {r} {name}: {ips:6.2f} img/s ({total:.2f} s, load {load:.2f})",
+                  flush=True)
     return rounds
 
 
@@ -407,7 +462,7 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--chunk", type=int, default=5,
                    help="alternate the sides every CHUNK steps within a round (0: whole round)")
     p.add_argument("--max_level", type=int, default=5)
@@ -419,6 +474,10 @@ def main(argv=None):
     p.add_argument("--max_boxes", type=int, default=100)
     p.add_argument("--data", choices=["digit_scenes", "synthetic"], default="digit_scenes")
     p.add_argument("--xla", action="store_true", help="jit_compile both train steps")
+    p.add_argument("--encode", choices=["step", "pipeline"], default="step",
+                   help="where both sides encode anchor targets: inside the train step, or "
+                        "in tf.data (ours: train.encode_targets=pipeline; the peer: its "
+                        "labeler in a dataset map, as its parser does)")
     p.add_argument("--profile", action="store_true",
                    help="also time label encoding / forward / loss / backward on both sides")
     p.add_argument("--profile_steps", type=int, default=5)
@@ -444,7 +503,7 @@ def main(argv=None):
         print(f"{name}: params {d['params']}, anchors/image {d['anchors_per_image']}",
               flush=True)
 
-    rounds = measure(sides, args)
+    rounds = measure(ours, peer, args)
     summary = {}
     for side in sides:
         values = [r["images_per_s"] for r in rounds if r["side"] == side.name]
