@@ -1,9 +1,12 @@
 r"""Pseudo-labeling benchmark: images/s against the bare model, and peak memory vs data size.
 
-  python experiments/bench/pseudo_label.py --workdir=/tmp/bench_pl [--images=1000,10000]
+  python experiments/bench/pseudo_label.py --workdir=/tmp/bench_pl [--images=1000,10000] \
+      [--teacher=TRAINED_WORKDIR] [--threshold=0.5]
 
-1. Builds a teacher workdir with the default detection config's model
-   (`experiments/configs/detection.py`: RetinaNet, resnet_small, 128 px) and random weights.
+1. The teacher: `--teacher`, a trained detection workdir (`python -m rethink_tf.train`, or a
+   study cell), whose boxes pass the threshold and are written as in a real run; without it,
+   a workdir with the default detection config's model (`experiments/configs/detection.py`:
+   RetinaNet, resnet_small, 128 px) and random weights, which writes (almost) no box.
 2. Bare model: the same compiled forward + decode as the teacher on preloaded uint8 tensors
    (no input pipeline, no post-processing, no writing), batch 32, over as many images as the
    largest N, once before and once after the labeling runs (their mean is the reference).
@@ -47,24 +50,36 @@ def _make_teacher(workdir):
     checkpoints.CheckpointManager(workdir, model=model, optimizer=optimizer).save(1)
 
 
-def bare(workdir, num_images, batch_size):
+BARE_BATCHES = 10  # real batches the bare model cycles through
+
+
+def bare(workdir, num_images, batch_size, threshold):
     import numpy as np  # pylint: disable=g-import-not-at-top
     import tensorflow as tf
     from rethink_tf.pseudo import teacher as teacher_lib
     teacher = teacher_lib.load_teacher(workdir)
-    teacher.set_score_threshold(0.5)
+    teacher.set_score_threshold(threshold)
     teacher._sync_decoder()  # pylint: disable=protected-access
-    images = tf.constant(np.random.RandomState(0).randint(
-        0, 256, (batch_size,) + teacher.image_size + (3,)).astype(np.uint8))
+    from rethink_tf.pseudo import labeler
+    # The first images the labeling runs read, preloaded at model size (uint8, as the
+    # labeler feeds them), cycled: a trained teacher finds as many boxes as when labeling.
+    real = [teacher.input_fn(example, False)["teacher/image"].numpy()
+            for example in labeler.load_unlabeled("digit_scenes/detection", "unlabeled").take(
+                BARE_BATCHES * batch_size)]
+    batches_in_memory = [tf.constant(np.stack(real[i:i + batch_size]))
+                         for i in range(0, len(real), batch_size)]
     forward = teacher._forward  # pylint: disable=protected-access
-    tf.nest.map_structure(lambda t: t.numpy(), forward(images))  # trace + warm up
+    tf.nest.map_structure(lambda t: t.numpy(), forward(batches_in_memory[0]))  # trace, warm up
     batches = max(num_images // batch_size, 1)
+    boxes = 0
     start = time.perf_counter()
-    for _ in range(batches):
-        tf.nest.map_structure(lambda t: t.numpy(), forward(images))
+    for i in range(batches):
+        out = tf.nest.map_structure(lambda t: t.numpy(),
+                                    forward(batches_in_memory[i % len(batches_in_memory)]))
+        boxes += int(np.sum(out["num_detections"])) if "num_detections" in out else 0
     seconds = time.perf_counter() - start
     return {"what": "bare_model", "images": batches * batch_size,
-            "images_per_s": batches * batch_size / seconds}
+            "images_per_s": batches * batch_size / seconds, "boxes_over_threshold": boxes}
 
 
 def _rss_mb():
@@ -75,7 +90,7 @@ def _rss_mb():
     return float("nan")
 
 
-def label(workdir, output, num_images, batch_size):
+def label(workdir, output, num_images, batch_size, threshold):
     import shutil  # pylint: disable=g-import-not-at-top
     import threading
     from rethink_tf.pseudo import labeler
@@ -94,7 +109,7 @@ def label(workdir, output, num_images, batch_size):
     sampler = threading.Thread(target=sample, daemon=True)
     start = time.perf_counter()
     sampler.start()
-    manifest = labeler.pseudo_label(teacher, examples, output, score_threshold=0.5,
+    manifest = labeler.pseudo_label(teacher, examples, output, score_threshold=threshold,
                                     batch_size=batch_size, progress=False, labeled_counts=None)
     seconds = time.perf_counter() - start
     stop.set()
@@ -112,20 +127,27 @@ def main():
     parser.add_argument("--workdir", default="/tmp/bench_pseudo_label")
     parser.add_argument("--images", default="1000,10000")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--teacher", default="",
+                        help="a trained detection workdir (default: random weights)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="pseudo-label score threshold (also the bare model's decoder)")
     parser.add_argument("--child", default="")
     args = parser.parse_args()
-    teacher_dir = os.path.join(args.workdir, "teacher")
+    teacher_dir = args.teacher or os.path.join(args.workdir, "teacher")
+    if args.teacher and not os.path.exists(os.path.join(args.teacher, "config.json")):
+        parser.error(f"--teacher={args.teacher}: not a training workdir (no config.json)")
     if args.child:
         kind, n = args.child.split(":")
         if kind == "bare":
-            result = bare(teacher_dir, int(n), args.batch_size)
+            result = bare(teacher_dir, int(n), args.batch_size, args.threshold)
         else:
             result = label(teacher_dir, os.path.join(args.workdir, f"pseudo_{n}"), int(n),
-                           args.batch_size)
+                           args.batch_size, args.threshold)
         print("RESULT " + json.dumps(result), flush=True)
         return
     os.makedirs(args.workdir, exist_ok=True)
-    _make_teacher(teacher_dir)
+    if not args.teacher:
+        _make_teacher(teacher_dir)
     sizes = [int(s) for s in args.images.split(",")]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")  # MALLOC_ARENA_MAX passes through
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -134,7 +156,8 @@ def main():
     results = []
     for child in [f"bare:{sizes[-1]}"] + [f"label:{n}" for n in sizes] + [f"bare:{sizes[-1]}"]:
         out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--workdir={args.workdir}",
-                              f"--batch_size={args.batch_size}", f"--child={child}"],
+                              f"--batch_size={args.batch_size}", f"--child={child}",
+                              f"--teacher={args.teacher}", f"--threshold={args.threshold}"],
                              capture_output=True, text=True, env=env, cwd=root, check=True)
         line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
         results.append({**json.loads(line[7:]), "load_average": os.getloadavg()})
