@@ -14,7 +14,7 @@ def test_accelerator_benchmark_runs_every_measure(tmp_path, digit_scenes_data_di
                "--backbone=resnet_tiny", "--image_size=64", "--batch_size=2", "--steps=2",
                "--warmup=1", "--modes=fp32,fp32_xla,bogus_free", "--teacher_steps=1",
                "--dataset=digit_scenes/detection_tiny", f"--data_dir={digit_scenes_data_dir}",
-               "--pseudo_images=4", "--eval_images=4", f"--out={out}"]
+               "--pseudo_images=4", "--eval_images=4", "--encode=pipeline", f"--out={out}"]
     bad = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120,
                          check=False)
     assert bad.returncode == 2 and "--modes: unknown ['bogus_free']" in bad.stderr
@@ -30,6 +30,9 @@ def test_accelerator_benchmark_runs_every_measure(tmp_path, digit_scenes_data_di
                  f"pseudo_{best}", f"evaluate_{best}"):
         assert results[name]["images_per_s"] > 0, name
     assert results[f"pseudo_{best}"]["num_images"] == 4
+    assert results[f"pseudo_{best}"]["marginal_images_per_s"] > 0  # 1 then 4 images
+    assert results[f"evaluate_{best}"]["loop_images_per_s"] > 0
+    assert record["settings"]["encode"] == "pipeline"  # train and student encode in tf.data
     assert results[f"evaluate_{best}"]["num_images"] == 4
     assert record["devices"] and record["tensorflow"]
     assert "train_fp32_xla" in result.stdout  # the printed table

@@ -2,24 +2,29 @@ r"""Accelerator benchmark: the numbers to read on whatever devices are present (
 
   python experiments/bench/accelerator.py [--backbone=resnet50] [--image_size=512] \
       [--batch_size=16] [--steps=20] [--modes=fp32,fp32_xla,mixed,mixed_xla] \
-      [--dataset=digit_scenes/detection] [--out=/tmp/accelerator.json]
+      [--encode=step|pipeline] [--dataset=digit_scenes/detection] [--out=/tmp/accelerator.json]
 
 Measures, on the default device of this process (one GPU/TPU core, or the CPU):
   train      the supervised detection step (`tasks.build_model` + `compile_model`, SGD with
              coupled L2, `model.fit`) in each precision/XLA mode: float32, float32 + XLA
              (`train.xla`, jit_compile), mixed_float16 (`train.mixed_precision`, loss scaling),
              mixed_float16 + XLA. Images/s = timed steps x batch / wall seconds after
-             `--warmup` steps (tracing and compilation excluded).
+             `--warmup` steps (tracing and compilation excluded), within one `fit` call as
+             the trainer runs. `--encode=pipeline` encodes the anchor targets in tf.data
+             (`train.encode_targets`), off the accelerator's step, for train and student.
   student    the noisy student's step (`student.build_student_model`: human + pseudo batch of
              `--batch_size` each, one forward pass, two losses, loss normalisation) in the
              fastest train mode; images/s counts both streams.
   inference  the teacher's forward pass + box decoding (`model.predict_step`, what
              pseudo-labelling and evaluation run per batch), fastest mode, `--batch_size`.
   pseudo     `rethink_tf.pseudo.labeler.pseudo_label` end to end (decode, forward, NMS, record
-             writing) on `--pseudo_images` images of `--dataset`'s `--pseudo_split`, teacher =
+             writing) on `--pseudo_images` images of `--dataset`'s `--pseudo_split` ("once
+             running": the rate between a run on a quarter of them and on all), teacher =
              a workdir trained `--teacher_steps` steps here, score threshold
              `--pseudo_threshold` (low, so boxes are written as a trained teacher writes them).
-  evaluate   `trainer.evaluate_workdir` (COCO AP against the source's ground truth) on
+  evaluate   `trainer.evaluate_workdir` (COCO AP against the source's ground truth; "its
+             loop": batches, predictions and their bookkeeping, without restoring the model,
+             loading the ground truth and COCO scoring) on
              `--eval_images` images: images/s of the whole evaluation.
 Prints a table and writes JSON (`--out`): device names, TF version, settings, every number.
 Training batches are one preloaded synthetic batch (digit_scenes-like boxes) repeated, so the
@@ -75,6 +80,7 @@ def make_config(args, mixed=False, xla=False):
     c.train.batch_size = args.batch_size
     c.train.mixed_precision = mixed
     c.train.xla = xla
+    c.train.encode_targets = args.encode
     c.train.warmup_steps = 0
     c.train.verbose = 0
     c.eval.num_images = args.eval_images
@@ -105,21 +111,41 @@ def _build(config, student=False):
 
 
 def _timed_fit(model, data, steps, warmup):
-    model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0)
-    start = time.perf_counter()
-    history = model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-    seconds = time.perf_counter() - start
-    loss = float(history.history["loss"][-1])
-    if not np.isfinite(loss):
-        raise RuntimeError(f"non-finite loss {loss} while timing")
-    return seconds
+    """Seconds of `steps` steps after `warmup` ones, in ONE `fit` call as the trainer trains
+    (a second call would add fit's per-call set-up, ~1 s on a CPU, to the timed steps)."""
+    import keras  # pylint: disable=g-import-not-at-top
+    marks = {}
+
+    class Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 in (warmup, warmup + steps):
+                marks["loss"] = float(logs["loss"])  # waits for the step
+                marks[batch + 1] = time.perf_counter()
+
+    model.fit(data, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[Clock()])
+    if not np.isfinite(marks["loss"]):
+        raise RuntimeError(f"non-finite loss {marks['loss']} while timing")
+    return marks[warmup + steps] - marks[warmup]
+
+
+def _encoded(config, data, streams=False):
+    """`data` with anchor targets encoded in tf.data when `train.encode_targets=pipeline`
+    (every batch encoded again, as in training); `streams`: batches of named streams."""
+    from rethink_tf.training import tasks  # pylint: disable=g-import-not-at-top
+    encode = tasks.target_encoder(config)
+    if encode is None:
+        return data
+    if streams:
+        return data.map(lambda b: {name: (x, encode(x, y)) for name, (x, y) in b.items()})
+    return data.map(lambda x, y: (x, encode(x, y)))
 
 
 def bench_train(args, mode, batch):
     mixed, xla = MODES[mode]
-    model = _build(make_config(args, mixed, xla))
+    config = make_config(args, mixed, xla)
+    model = _build(config)
     images, targets = batch
-    data = tf.data.Dataset.from_tensors((images, targets)).repeat()
+    data = _encoded(config, tf.data.Dataset.from_tensors((images, targets)).repeat())
     seconds = _timed_fit(model, data, args.steps, args.warmup)
     return {"images_per_s": args.steps * args.batch_size / seconds, "seconds": seconds}
 
@@ -129,9 +155,9 @@ def bench_student(args, mode, batch):
     config = make_config(args, mixed, xla)
     model = _build(config, student=True)
     images, targets = batch
-    data = tf.data.Dataset.from_tensors(
+    data = _encoded(config, tf.data.Dataset.from_tensors(
         {"human": (images, targets), "pseudo": (images[::-1], {
-            k: v[::-1] for k, v in targets.items()})}).repeat()
+            k: v[::-1] for k, v in targets.items()})}).repeat(), streams=True)
     seconds = _timed_fit(model, data, args.steps, args.warmup)
     return {"images_per_s": 2 * args.steps * args.batch_size / seconds, "seconds": seconds}
 
@@ -164,22 +190,33 @@ def bench_pseudo_and_eval(args, mode, root):
     workdir = os.path.join(root, "teacher")
     trainer.train(config, workdir)
     out = {}
-    start = time.perf_counter()
-    manifest = labeler.pseudo_label(
-        workdir, args.dataset, os.path.join(root, "pseudo"),
-        split=f"{args.pseudo_split}[:{args.pseudo_images}]", data_dir=args.data_dir or None,
-        score_threshold=args.pseudo_threshold, batch_size=args.batch_size, progress=False)
-    seconds = time.perf_counter() - start
+    # Two runs, a quarter and all of the images: their difference is the labelling rate once
+    # running (loading the teacher, tracing and filling the pipeline cancel out).
+    runs = {}
+    for images in sorted({max(1, args.pseudo_images // 4), args.pseudo_images}):
+        start = time.perf_counter()
+        manifest = labeler.pseudo_label(
+            workdir, args.dataset, os.path.join(root, f"pseudo_{images}"),
+            split=f"{args.pseudo_split}[:{images}]", data_dir=args.data_dir or None,
+            score_threshold=args.pseudo_threshold, batch_size=args.batch_size, progress=False)
+        runs[images] = (time.perf_counter() - start, manifest)
+    seconds, manifest = runs[args.pseudo_images]
     out["pseudo"] = {"images_per_s": manifest["num_images"] / seconds, "seconds": seconds,
                      "num_images": manifest["num_images"],
                      "boxes_per_image": manifest.get("boxes_per_image")}
+    if len(runs) == 2:
+        (n_small, (t_small, _)), (n_large, (t_large, _)) = sorted(runs.items())
+        out["pseudo"]["marginal_images_per_s"] = (n_large - n_small) / max(t_large - t_small,
+                                                                            1e-9)
     start = time.perf_counter()
     metrics = trainer.evaluate_workdir(workdir, checkpoint="latest",
                                        num_images=args.eval_images)
     seconds = time.perf_counter() - start
+    # Whole: restoring the model, tracing, the ground truth, the loop, COCO scoring. Loop:
+    # batches in, predictions (score >= 0.05, up to 100 per image) out and added for scoring.
     out["evaluate"] = {"images_per_s": metrics["num_images"] / seconds, "seconds": seconds,
                        "num_images": metrics["num_images"],
-                       "model_images_per_s": metrics.get("images_per_s")}
+                       "loop_images_per_s": metrics.get("images_per_s")}
     return out
 
 
@@ -190,9 +227,13 @@ def devices():
 
 def table(results):
     lines = [f"{'measure':<22} {'images/s':>10}", "-" * 33]
+    extra = {"marginal_images_per_s": "once running", "loop_images_per_s": "its loop"}
     for name, value in results.items():
         if isinstance(value, dict) and "images_per_s" in value:
             lines.append(f"{name:<22} {value['images_per_s']:>10.1f}")
+            for key, what in extra.items():
+                if value.get(key):
+                    lines.append(f"{'  ' + what:<22} {value[key]:>10.1f}")
         elif isinstance(value, dict) and "error" in value:
             lines.append(f"{name:<22} {'failed':>10}  {value['error'][:60]}")
     return "\n".join(lines)
@@ -215,6 +256,8 @@ def main(argv=None):
     p.add_argument("--eval_images", type=int, default=500)
     p.add_argument("--skip", default="", help="comma list of: student,inference,pseudo")
     p.add_argument("--tiny", action="store_true", help="tiny heads (the tests' size)")
+    p.add_argument("--encode", choices=["step", "pipeline"], default="step",
+                   help="train.encode_targets: anchor targets in the step or in tf.data")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
