@@ -128,6 +128,24 @@ def test_zero_classification_weight_gives_exactly_the_student_step(batches):
     assert float(model.normalizer.state.average("pseudo")) > 0  # the pseudo term was there
 
 
+def test_joint_total_on_targets_encoded_in_the_pipeline_equals_the_step(batches):
+    """`train.encode_targets=pipeline`: the human and pseudo batches carry their anchor
+    targets; the joint loss and gradients equal those of the step that encodes them."""
+    config, human, pseudo, classes = batches
+    encoded_config = config.copy_and_resolve_references()
+    encoded_config.train.encode_targets = "pipeline"
+    it = iter(tasks.train_dataset(encoded_config, tasks.dataset_info(encoded_config), 4))
+    e_human, e_pseudo = next(it), next(it)
+    assert "class_targets" in e_human[1]
+    model = _joint(config, alpha_c=0.5, alpha_p=0.7)
+    plain = {"human": human, "pseudo": pseudo, "classification": classes}
+    encoded = {"human": e_human, "pseudo": e_pseudo, "classification": classes}
+    loss, grads = _grads(model, lambda: model.joint_total(plain)[0])
+    again = _joint(config, alpha_c=0.5, alpha_p=0.7)  # the same seed: the same weights
+    e_loss, e_grads = _grads(again, lambda: again.joint_total(encoded)[0])
+    _assert_same(loss, grads, e_loss, e_grads, exact=False)
+
+
 def test_classification_loss_trains_the_backbone_and_its_head_only(batches):
     config, human, _, classes = batches
     model = _joint(config)
