@@ -1,4 +1,4 @@
-"""Evaluation: COCO box AP (pycocotools) and mean IoU."""
+"""Evaluation: COCO box AP (pycocotools' protocol, scored by faster-coco-eval) and mean IoU."""
 
 from rethink_tf.evaluation.coco_ap import CocoDetectionEvaluator
 from rethink_tf.evaluation.coco_ap import coco_category_ids
