@@ -168,7 +168,8 @@ def concat_box_targets(first, second):
         return {"boxes": tf.pad(boxes, [[0, 0], [0, extra], [0, 0]], constant_values=-1.0),
                 "classes": tf.pad(classes, [[0, 0], [0, extra]], constant_values=-1.0)}
 
-    both = {key: tf.concat([pad(first)[key], pad(second)[key]], axis=0)
+    padded = pad(first), pad(second)
+    both = {key: tf.concat([padded[0][key], padded[1][key]], axis=0)
             for key in ("boxes", "classes")}
     # Anchor targets encoded in the input pipeline (`train.encode_targets="pipeline"`): every
     # image has one row per anchor, so they concatenate as they are.
