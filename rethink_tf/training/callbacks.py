@@ -191,14 +191,44 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             self._done_at = step
 
 
+def read_metrics_history(workdir):
+    """The records of `workdir/metrics_history.jsonl`, oldest first ([] when there is none).
+
+    A line that does not parse (cut by a kill under an older, appending version) is skipped.
+    """
+    out = []
+    try:
+        with open(os.path.join(workdir, "metrics_history.jsonl")) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        out.append(json.loads(line))
+                    except ValueError:
+                        continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
 def write_metrics(workdir, step, metrics, split):
-    """Writes `workdir/metrics.json` (latest) and appends to `metrics_history.jsonl`."""
+    """Writes `workdir/metrics.json` (latest) and adds the record to `metrics_history.jsonl`.
+
+    Both files are replaced atomically (a kill leaves the previous versions). The history
+    keeps one record per (step, split): an evaluation repeated at the same step (a run resumed
+    from an older checkpoint, `evaluate` on a finished workdir) replaces the earlier one.
+    """
     record = {"step": int(step), "split": split}
     record.update({k: v for k, v in metrics.items()})
+    history = [r for r in read_metrics_history(workdir)
+               if (r.get("step"), r.get("split")) != (record["step"], split)]
+    history.append(record)
+    history.sort(key=lambda r: int(r.get("step", 0)))
+    atomic.write_text(os.path.join(workdir, "metrics_history.jsonl"),
+                      "".join(json.dumps(r, default=float) + "\n" for r in history),
+                      "metrics history")
     atomic.write_json(os.path.join(workdir, "metrics.json"), record, "metrics", indent=2,
                       default=float)
-    with open(os.path.join(workdir, "metrics_history.jsonl"), "a") as f:
-        f.write(json.dumps(record, default=float) + "\n")
     return record
 
 
