@@ -35,6 +35,28 @@ def encoded_format(data: bytes):
     return None
 
 
+def check_finite_boxes(boxes, source_id, where):
+    """`boxes` (float [N, 4]), with a check at run time that every coordinate is finite.
+
+    A NaN or infinite coordinate would otherwise surface steps later as an obscure error in
+    anchor matching (or as a NaN loss); this names the input and the example instead.
+    Usable inside `tf.data` map functions.
+
+    Args:
+        boxes: float [N, 4] boxes.
+        source_id: string [] tensor, the example's `source_id`.
+        where: the input's name for the message (a dataset, a pseudo-label directory).
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.math.is_finite(boxes)),
+        [f"{where}: example", source_id,
+         "has a box with a non-finite coordinate (NaN or inf); fix or drop its boxes. Boxes:",
+         boxes], summarize=40)
+    with tf.control_dependencies([check]):
+        return tf.identity(boxes)
+
+
 def check_example_spec(element_spec, name="dataset"):
     """Raises ValueError if `element_spec` is not a canonical example spec.
 

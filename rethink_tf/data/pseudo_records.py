@@ -241,7 +241,7 @@ def read_manifest(directory: str) -> dict:
 # Reading.
 # ------------------------------------------------------------------------------------------
 
-def _parse_fn(task):
+def _parse_fn(task, where="pseudo labels"):
     features = {
         "image/encoded": tf.io.FixedLenFeature([], tf.string),
         "source_id": tf.io.FixedLenFeature([], tf.string),
@@ -269,9 +269,9 @@ def _parse_fn(task):
         out = {ex.IMAGE: tf.ensure_shape(image, [None, None, 3]),
                ex.SOURCE_ID: raw["source_id"]}
         if task == DETECTION:
-            out[ex.BOXES] = tf.reshape(tf.stack([raw["boxes/xmin"], raw["boxes/ymin"],
-                                                 raw["boxes/xmax"], raw["boxes/ymax"]], -1),
-                                       [-1, 4])
+            boxes = tf.reshape(tf.stack([raw["boxes/xmin"], raw["boxes/ymin"],
+                                         raw["boxes/xmax"], raw["boxes/ymax"]], -1), [-1, 4])
+            out[ex.BOXES] = ex.check_finite_boxes(boxes, raw["source_id"], where)
             out[ex.CLASSES] = tf.cast(raw["classes"], tf.int32)
             out["scores"] = raw["scores"]
         elif task == CLASSIFICATION:
@@ -328,7 +328,8 @@ def load_pseudo_records(directory: str, task: str | None = None, *, shuffle_file
                                    num_parallel_calls=tf.data.AUTOTUNE)
     else:
         records = tf.data.TFRecordDataset(files)
-    return records.map(_parse_fn(made_for), num_parallel_calls=tf.data.AUTOTUNE)
+    return records.map(_parse_fn(made_for, f"pseudo labels {directory}"),
+                       num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def load_pseudo_labels(directory: str, task: str | None = None, **kwargs) -> tf.data.Dataset:

@@ -378,7 +378,8 @@ def _load_tfds(name, split, *, data_dir, shuffle_files, read_config, keep_crowd,
         decoders = tfds.decode.PartialDecoding(wanted, decoders=decoders)
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config,
                             decoders=decoders)
-    convert = _tfds_converter(features, id_key, keep_crowd, keep_encoded, images_only)
+    convert = _tfds_converter(features, id_key, keep_crowd, keep_encoded, images_only,
+                              where=f"source {name} split {split}")
     if fraction is not None and fraction < 1.0:
         # Filter on the raw id before converting so dropped examples cost no work.
         ds = ds.filter(lambda raw: in_fraction(_to_string(raw[id_key]), fraction))
@@ -404,7 +405,7 @@ def _label_names(feature) -> tuple[str, ...]:
 
 
 def _tfds_converter(features, id_key: str, keep_crowd: bool, keep_encoded: bool = False,
-                    images_only: bool = False):
+                    images_only: bool = False, where: str = "TFDS source"):
     """Builds the map fn from a TFDS example to a canonical example.
 
     With `keep_encoded`, `raw["image"]` holds the stored bytes (TFDS `SkipDecoding`); they
@@ -425,8 +426,9 @@ def _tfds_converter(features, id_key: str, keep_crowd: bool, keep_encoded: bool 
         if encoded is not None:
             out[ex.ENCODED] = encoded
         if objects_key:
-            out[ex.BOXES], out[ex.CLASSES] = _objects_to_boxes(
+            boxes, out[ex.CLASSES] = _objects_to_boxes(
                 raw[objects_key], tf.shape(image), has_crowd and not keep_crowd)
+            out[ex.BOXES] = ex.check_finite_boxes(boxes, out[ex.SOURCE_ID], where)
         if has_mask:
             mask = tf.cast(raw["segmentation_mask"], tf.uint8)
             out[ex.MASK] = tf.reshape(mask, tf.concat([tf.shape(mask)[:2], [1]], 0))

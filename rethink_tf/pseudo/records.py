@@ -103,6 +103,10 @@ def serialize_detection(encoded_image: bytes, source_id, height: int, width: int
     if not len(boxes) == len(classes) == len(scores):
         raise ValueError(f"{len(boxes)} boxes, {len(classes)} classes and {len(scores)} scores "
                          f"for {source_id!r}")
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        raise ValueError(f"pseudo label for {source_id!r}: non-finite box coordinates or scores "
+                         "(NaN or inf; a diverged teacher?): boxes "
+                         f"{boxes[~np.isfinite(boxes).all(-1)].tolist()[:5]}")
     feature = _common(encoded_image, source_id, height, width, DETECTION, image_format)
     feature.update({
         "boxes/xmin": _floats(boxes[:, 0]), "boxes/ymin": _floats(boxes[:, 1]),

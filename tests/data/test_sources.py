@@ -76,6 +76,22 @@ def test_coco_boxes_from_fixed_examples_exact_values_and_crowd_removed():
     np.testing.assert_array_equal(got_kept[0]["classes"], [0, 79, 17])
 
 
+def _coco_examples_with_a_nan_box():
+    examples = _coco_fixed_examples()
+    examples[0]["objects"]["bbox"][2, 1] = np.nan
+    return examples
+
+
+def test_a_non_finite_box_is_a_clear_error_naming_the_source_and_example():
+    nan_box = fixed_coco_as_dataset(_coco_examples_with_a_nan_box)
+    with tfds.testing.mock_data(as_dataset_fn=nan_box):
+        ds = sources.load("coco/2017", "train")
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"(?s)source coco/2017 split train: example.*397133.*"
+                                 r"non-finite coordinate"):
+            _as_numpy(ds)
+
+
 def test_coco_default_mock_data_matches_raw_examples():
     # Default mock data gives each objects/* field its own random length; the converter
     # uses the common prefix. Expectations are built from the raw mocked examples.
