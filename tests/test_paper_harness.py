@@ -507,6 +507,8 @@ def test_report_renders_intervals_and_verdicts_from_fake_workdirs(tmp_path):
     _fake(root, "det-sup-imagenet-s4-f1", imagenet, history=curves["imagenet"])
     _fake(root, "det-st-rand-s4-f1", {0: 0.20, 1: 0.21, 2: 0.19})  # worse: contradicted
     _fake(root, "det-st-imagenet-s4-f1", {0: 0.26, 1: 0.30, 2: 0.24})  # mixed: inconclusive
+    _fake(root, "det-sup-rand-s2-f1", {1: 0.28})  # one seed: no interval
+    _fake(root, "det-st-rand-s2-f1", {1: 0.29})
     _fake(root, "seg-pipe-rand-s4-f1", {0: 0.40, 1: 0.42}, part="teacher")
     _fake(root, "seg-pipe-rand-s4-f1", {0: 0.43, 1: 0.44}, part="student")
 
@@ -550,6 +552,10 @@ def test_report_renders_intervals_and_verdicts_from_fake_workdirs(tmp_path):
         "verdict"] == "inconclusive"
     seg = checks["segmentation: Rand Init + self-training - Rand Init at Augment-S4"]
     assert seg["n"] == 2 and seg["mean"] == pytest.approx(0.025)
+    one = checks["Rand Init + self-training - Rand Init at Augment-S2, 100 %"]
+    assert one["n"] == 1 and one["verdict"] == "inconclusive"
+    assert ("| Rand Init + self-training - Rand Init at Augment-S2, 100 % | > 0 | +0.0100 "
+            "(one seed: no interval) | 1 | inconclusive |") in report and "± nan" not in report
     missing = checks["Rand Init + self-training - Rand Init at Augment-S1, 100 %"]
     assert missing["verdict"] == "not run"
     assert missing["missing"] == ["det-st-rand-s1-f1", "det-sup-rand-s1-f1"]
@@ -588,7 +594,7 @@ def test_report_renders_intervals_and_verdicts_from_fake_workdirs(tmp_path):
     assert "A smoke run" not in report
     # Status: what ran out of what was planned, and the missing cells named.
     status = report[report.index("## Status"):report.index("## Findings")]
-    assert "| T1 | 6 / 36 | 2 / 12 | det-sup-imagenet-s1-f1 (0/3)" in status
+    assert "| T1 | 7 / 36 | 2 / 12 | det-sup-imagenet-s1-f1 (0/3)" in status
     assert "| T8 | 4 / 24 | 0 / 8 |" in status and "seg-pipe-rand-s4-f1/student (2/3)" in status
     assert "`STATUS.md` in the study's root says nothing about why" in status
     with open(os.path.join(root, reporting.STATUS_NOTE), "w") as f:

@@ -345,10 +345,12 @@ def render_finding(finding, results, verdict):
             lines.append(f"| {r['label']} | {'> 0' if r['direction'] > 0 else '< 0'} | "
                          f"{diff} | 0 | not run |")
             continue
-        bounds = (f" [{iv.low:+.4f}, {iv.high:+.4f}]" if math.isfinite(iv.half_width) else "")
+        if math.isfinite(iv.half_width):
+            diff = f"{iv.mean:+.4f} ± {iv.half_width:.4f} [{iv.low:+.4f}, {iv.high:+.4f}]"
+        else:
+            diff = f"{iv.mean:+.4f} (one seed: no interval)"
         lines.append(f"| {r['label']} | {'> 0' if r['direction'] > 0 else '< 0'} | "
-                     f"{iv.mean:+.4f} ± {iv.half_width:.4f}{bounds} | {iv.n} | "
-                     f"{r['verdict']} |")
+                     f"{diff} | {iv.n} | {r['verdict']} |")
     counts = {v: sum(r["verdict"] == v for r in results) for v in stats.VERDICTS}
     lines += ["", "Checks: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."]
     return lines
@@ -708,7 +710,10 @@ def _plot_gain(plt, runs, results, findings):
             xerr=[_err(c["interval"]) for c in checks], capsize=3,
             color=["C2" if c["verdict"] == stats.REPRODUCED else
                    "C3" if c["verdict"] == stats.CONTRADICTED else "C7" for c in checks])
-    ax.set_yticks(ys, [_gain_label(c["label"]) for c in checks], fontsize=7)
+    # A cell with fewer than 2 seeds has no interval: say so instead of a bar without whiskers.
+    ax.set_yticks(ys, [_gain_label(c["label"]) + ("" if c["interval"].n >= 2 else
+                                                   f" (n={c['interval'].n}, no interval)")
+                       for c in checks], fontsize=7)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("student - teacher, test AP (mean ± 95 % CI, paired by seed)")
     ax.set_title("Self-training gain per cell (T3, T4)")
