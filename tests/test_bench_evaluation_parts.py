@@ -22,7 +22,7 @@ def test_evaluation_parts_times_every_part_and_writes_nothing_in_the_workdir(
     out = tmp_path / "parts.json"
     result = subprocess.run(
         [sys.executable, "experiments/bench/evaluation_parts.py", f"--workdir={workdir}",
-         "--images=8", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+         "--images=8", "--ab_rounds=1", f"--out={out}"], cwd=REPO, capture_output=True, text=True,
         timeout=600, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
@@ -30,6 +30,9 @@ def test_evaluation_parts_times_every_part_and_writes_nothing_in_the_workdir(
     for part in ("whole_evaluate", "input_only", "model_only", "originals_only", "bookkeeping",
                  "coco_scoring"):
         assert record[part] > 0 and record["images_per_s"][part] > 0, part
+    ab = record["ab"]
+    assert len(ab["ahead"]) == len(ab["sequential"]) == 1 and ab["ahead_median_s"] > 0
+    assert ab["ahead"][0]["AP"] == ab["sequential"][0]["AP"]
     after = {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
              for d, _, files in os.walk(workdir) for f in files}
     assert after == before

@@ -1,7 +1,8 @@
 r"""Where a detection evaluation's time goes: the whole evaluation, then each part alone.
 
   python experiments/bench/evaluation_parts.py --workdir=TRAINED_DETECTION_WORKDIR \
-      [--images=1000] [--checkpoint=latest] [--out=/tmp/evaluation_parts.json]
+      [--images=1000] [--checkpoint=latest] [--ab_rounds=8] \
+      [--out=/tmp/evaluation_parts.json]
 
 On the workdir's eval split, first `--images` images, its latest (or best) checkpoint:
   whole_evaluate       `evaluator.evaluate` as the trainer calls it (loop + COCO scoring)
@@ -11,6 +12,10 @@ On the workdir's eval split, first `--images` images, its latest (or best) check
   originals_only       the ground-truth stream (canonical examples at original size), if used
   bookkeeping          detections to original pixels and into the COCO scorer (Python)
   coco_scoring         pycocotools' evaluate + accumulate + summarize
+With --ab_rounds=N, also the whole evaluation N times each way, alternating in this process:
+the model one batch ahead of the bookkeeping (`ahead`, as `evaluate` runs with a GPU/TPU) and
+the sequential loop (`sequential`, as on a CPU), i.e. `predicted_batches(ahead=True|False)`;
+`ab.<way>` has the seconds and the loop's images/s of each round (the AP must be the same).
 Seconds each; the predict function is traced before anything is timed. Reads the workdir only
 (nothing is written there). Results: experiments/bench/ACCELERATOR.md.
 """
@@ -31,7 +36,7 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 
-def measure(workdir, num_images, checkpoint="latest"):
+def measure(workdir, num_images, checkpoint="latest", ab_rounds=0):
     # pylint: disable=protected-access,g-import-not-at-top
     from rethink_tf.evaluation import coco_ap
     from rethink_tf.evaluation import evaluator
@@ -95,6 +100,10 @@ def measure(workdir, num_images, checkpoint="latest"):
     scored = timed("coco_scoring", lambda: scorer.result(per_class=True))
     if abs(scored["AP"] - metrics["AP"]) > 1e-9:
         raise RuntimeError(f"the parts scored AP {scored['AP']}, the whole {metrics['AP']}")
+    if ab_rounds:
+        out["ab"] = _ab(evaluator, lambda: evaluator.evaluate(
+            model, data, "detection", num_classes, num_images=num_images, predict_fn=predict,
+            **inputs)[0], ab_rounds)
     out["boxes_per_image"] = float(np.mean(np.concatenate(
         [np.reshape(p["num_detections"], [-1]) for p in preds])))
     out["images_per_s"] = {key: out["num_images"] / out[key] for key in (
@@ -103,16 +112,48 @@ def measure(workdir, num_images, checkpoint="latest"):
     return out
 
 
+def _ab(evaluator, evaluate, rounds):
+    """Times `evaluate` `rounds` times each way, alternating which goes first."""
+    import functools  # pylint: disable=g-import-not-at-top
+    attribute, ways = "predicted_batches", {
+        "ahead": functools.partial(evaluator.predicted_batches, ahead=True),
+        "sequential": functools.partial(evaluator.predicted_batches, ahead=False)}
+    first, second = ways
+    original = getattr(evaluator, attribute)
+    out = {name: [] for name in ways}
+    try:
+        for r in range(rounds):
+            for name in ((first, second) if r % 2 == 0 else (second, first)):
+                setattr(evaluator, attribute, ways[name])
+                start = time.perf_counter()
+                metrics = evaluate()
+                out[name].append({"s": time.perf_counter() - start, "AP": metrics["AP"],
+                                  "loop_images_per_s": metrics["images_per_s"]})
+    finally:
+        setattr(evaluator, attribute, original)
+    if len({r["AP"] for name in ways for r in out[name]}) != 1:
+        raise RuntimeError(f"the two ways scored different APs: {out}")
+    for name in ways:
+        out[f"{name}_median_s"] = float(np.median([r["s"] for r in out[name]]))
+        out[f"{name}_mean_s"] = float(np.mean([r["s"] for r in out[name]]))
+        out[f"{name}_median_loop_images_per_s"] = float(np.median(
+            [r["loop_images_per_s"] for r in out[name]]))
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--checkpoint", default="latest")
+    parser.add_argument("--ab_rounds", type=int, default=0,
+                        help="also time the whole evaluation this many times each way: the "
+                             "model one batch ahead of the bookkeeping vs sequential")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     if not os.path.exists(os.path.join(args.workdir, "config.json")):
         parser.error(f"--workdir={args.workdir}: not a training workdir (no config.json)")
-    result = measure(args.workdir, args.images, args.checkpoint)
+    result = measure(args.workdir, args.images, args.checkpoint, args.ab_rounds)
     print(json.dumps(result, indent=1))
     if args.out:
         with open(args.out, "w") as f:

@@ -21,8 +21,17 @@ Detections are mapped from model input pixels back to original pixels with each 
 resolution (the VOC protocol) when `originals` are given: logits are cropped to the resized
 image inside the padded input and resized back bilinearly; the model-resolution number is
 kept as `mIoU_model_resolution`.
+
+With a GPU or TPU the model runs one batch ahead of the per-image bookkeeping (mapping boxes
+back, matching, resizing masks): while Python handles batch k, batch k+1's forward pass runs
+from a worker thread, so the host's work hides behind the device's. On a CPU, where the model
+already keeps every core busy, the loop is sequential (measured on the 2-core CPU: the same
+rate both ways; not measured on an accelerator, none was lent: experiments/bench/
+ACCELERATOR.md, `evaluation_parts.py --ab_rounds`). Batches are handled in order either way,
+so the numbers are the same.
 """
 
+import concurrent.futures
 import logging
 import time
 
@@ -213,16 +222,8 @@ def evaluate(model, dataset, task, num_classes, *, class_names=None, num_images=
     else:
         correct = 0
     seen, kept, start = 0, [], time.time()
-    for batch in dataset:
+    for batch, preds in predicted_batches(dataset, predict, num_images):
         images = batch["images"]
-        if num_images:
-            take = min(int(images.shape[0]), num_images - seen)
-            if take <= 0:
-                break
-            batch = tf.nest.map_structure(lambda t, k=take: t[:k], batch)
-            images = batch["images"]
-        preds = predict(images)
-        preds = tf.nest.map_structure(lambda t: t.numpy(), preds)
         n = int(images.shape[0])
         source_ids = ([_as_text(s) for s in batch["source_id"].numpy()]
                       if "source_id" in batch else None)
@@ -275,6 +276,52 @@ def evaluate(model, dataset, task, num_classes, *, class_names=None, num_images=
     metrics["num_images"] = seen
     metrics["images_per_s"] = seen / elapsed
     return metrics, kept
+
+
+def accelerator_present():
+    """True when TensorFlow sees a GPU or TPU."""
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def predicted_batches(dataset, predict, num_images=0, ahead=None):
+    """Yields (batch, its predictions as NumPy) in the dataset's order.
+
+    With `ahead` (default: when a GPU or TPU is present) the forward pass of the next batch is
+    submitted to a worker thread before the current batch is handed over, so the caller's
+    per-image work on batch k overlaps the model on batch k+1; otherwise one after the other.
+    Batches are cut so that at most `num_images` images are yielded (0 = all). An error in
+    the model is raised here, at the batch it belongs to.
+    """
+    if ahead is None:
+        ahead = accelerator_present()
+
+    def batches():
+        seen = 0
+        for batch in dataset:
+            if num_images:
+                take = min(int(batch["images"].shape[0]), num_images - seen)
+                if take <= 0:
+                    return
+                batch = tf.nest.map_structure(lambda t, k=take: t[:k], batch)
+            seen += int(batch["images"].shape[0])
+            yield batch
+
+    def run(images):
+        return tf.nest.map_structure(lambda t: t.numpy(), predict(images))
+
+    if not ahead:
+        for batch in batches():
+            yield batch, run(batch["images"])
+        return
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="evaluate") as pool:
+        pending = None
+        for batch in batches():
+            future = pool.submit(run, batch["images"])
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (batch, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
 
 def _update_detection(metric, batch, preds, source_ids, originals_batch, from_json):

@@ -285,3 +285,43 @@ def test_annotation_file_image_ids_are_matched_as_strings(coco_set):
         metric.add_image("1007")
     with pytest.raises(ValueError, match="not in"):
         metric.add_image("12345")
+
+
+def test_predicted_batches_runs_the_model_one_batch_ahead_in_order():
+    import threading  # pylint: disable=g-import-not-at-top
+    data = tf.data.Dataset.from_tensor_slices(
+        {"images": tf.reshape(tf.range(10, dtype=tf.float32), [10, 1, 1, 1])}).batch(3)
+    started = {k: threading.Event() for k in range(4)}
+
+    def predict(images):
+        first = int(images[0, 0, 0, 0])
+        started[first // 3].set()
+        return {"sum": tf.reduce_sum(images, [1, 2, 3]) * 2.0}
+
+    got = []
+    for batch, preds in evaluator.predicted_batches(data, predict, num_images=8, ahead=True):
+        k = len(got)
+        if k < 2:
+            # While the caller holds batch k, the model is already on batch k + 1 (a
+            # sequential loop would never start it: this wait would time out).
+            assert started[k + 1].wait(timeout=20), f"batch {k + 1} not started"
+        assert isinstance(preds["sum"], np.ndarray)
+        got.append((batch["images"].numpy().reshape(-1).tolist(), preds["sum"].tolist()))
+    # In order, and cut at num_images=8 (the third batch keeps 2 of its 3 images).
+    assert got == [([0, 1, 2], [0, 2, 4]), ([3, 4, 5], [6, 8, 10]), ([6, 7], [12, 14])]
+    assert not started[3].is_set()
+    # Sequential (a CPU's default): the same batches and predictions.
+    again = [(b["images"].numpy().reshape(-1).tolist(), p["sum"].tolist())
+             for b, p in evaluator.predicted_batches(data, predict, num_images=8, ahead=False)]
+    assert again == got
+
+
+def test_predicted_batches_raises_the_models_error():
+    data = tf.data.Dataset.from_tensor_slices({"images": tf.zeros([4, 1, 1, 1])}).batch(2)
+
+    def predict(images):
+        raise ValueError("the model failed")
+    for ahead in (True, False):
+        with pytest.raises(ValueError, match="the model failed"):
+            list(evaluator.predicted_batches(data, predict, ahead=ahead))
+
