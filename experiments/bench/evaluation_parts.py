@@ -115,22 +115,20 @@ def measure(workdir, num_images, checkpoint="latest", ab_rounds=0):
 def _ab(evaluator, evaluate, rounds):
     """Times `evaluate` `rounds` times each way, alternating which goes first."""
     import functools  # pylint: disable=g-import-not-at-top
-    attribute, ways = "predicted_batches", {
-        "ahead": functools.partial(evaluator.predicted_batches, ahead=True),
-        "sequential": functools.partial(evaluator.predicted_batches, ahead=False)}
-    first, second = ways
-    original = getattr(evaluator, attribute)
+    original = evaluator.predicted_batches
+    ways = {"ahead": functools.partial(original, ahead=True),
+            "sequential": functools.partial(original, ahead=False)}
     out = {name: [] for name in ways}
     try:
         for r in range(rounds):
-            for name in ((first, second) if r % 2 == 0 else (second, first)):
-                setattr(evaluator, attribute, ways[name])
+            for name in (("ahead", "sequential") if r % 2 == 0 else ("sequential", "ahead")):
+                evaluator.predicted_batches = ways[name]
                 start = time.perf_counter()
                 metrics = evaluate()
                 out[name].append({"s": time.perf_counter() - start, "AP": metrics["AP"],
                                   "loop_images_per_s": metrics["images_per_s"]})
     finally:
-        setattr(evaluator, attribute, original)
+        evaluator.predicted_batches = original
     if len({r["AP"] for name in ways for r in out[name]}) != 1:
         raise RuntimeError(f"the two ways scored different APs: {out}")
     for name in ways:

@@ -241,7 +241,7 @@ def read_manifest(directory: str) -> dict:
 # Reading.
 # ------------------------------------------------------------------------------------------
 
-def _parse_fn(task, where="pseudo labels"):
+def _parse_fn(task, where):
     features = {
         "image/encoded": tf.io.FixedLenFeature([], tf.string),
         "source_id": tf.io.FixedLenFeature([], tf.string),

@@ -404,8 +404,8 @@ def _label_names(feature) -> tuple[str, ...]:
     return tuple(str(i) for i in range(int(getattr(feature, "num_classes", 0) or 0)))
 
 
-def _tfds_converter(features, id_key: str, keep_crowd: bool, keep_encoded: bool = False,
-                    images_only: bool = False, where: str = "TFDS source"):
+def _tfds_converter(features, id_key: str, keep_crowd: bool, keep_encoded: bool,
+                    images_only: bool, where: str):
     """Builds the map fn from a TFDS example to a canonical example.
 
     With `keep_encoded`, `raw["image"]` holds the stored bytes (TFDS `SkipDecoding`); they
