@@ -466,6 +466,62 @@ def test_verdicts():
     assert stats.first_step_reaching([(100, 0.1)], 0.5) is None
 
 
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_p_value_matches_scipy_and_agrees_with_the_interval(n):
+    rng = np.random.default_rng(n)
+    for shift in (0.0, 0.01, 0.03, -0.05):
+        x = rng.normal(shift, 0.02, size=n)
+        ref = sp_stats.ttest_1samp(x, 0.0).pvalue
+        p = stats.p_value(x)
+        assert p == pytest.approx(ref, rel=1e-9, abs=1e-15)
+        assert (p < 0.05) == (stats.t_interval(x, 0.95).excludes_zero() != 0)
+    assert math.isnan(stats.p_value([0.3]))
+    assert stats.p_value([0.02, 0.02, 0.02]) == 0.0
+    assert stats.p_value([0.0, 0.0]) == 1.0
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.p_value([0.1, float("inf")])
+
+
+def _holm_reference(ps, alpha):
+    """Holm by its definition: H_(i) is rejected iff p_(j) < alpha / (m - j + 1) for every
+    j <= i (1-based ranks of the finite p-values)."""
+    ps = np.asarray(ps, float)
+    m = int(np.sum(np.isfinite(ps)))
+    order = [i for i in np.argsort(np.where(np.isfinite(ps), ps, np.inf)) if np.isfinite(ps[i])]
+    out = np.zeros(len(ps), bool)
+    for rank, i in enumerate(order):
+        out[i] = all(ps[order[j]] < alpha / (m - j) for j in range(rank + 1))
+    return out.tolist()
+
+
+def test_holm_matches_its_definition():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ps = list(rng.uniform(0, 0.08, size=rng.integers(1, 7)))
+        if rng.uniform() < 0.5:
+            ps[rng.integers(len(ps))] = float("nan")
+        assert stats.holm(ps, 0.05) == _holm_reference(ps, 0.05)
+    # 0.01 < 0.05/4 and 0.015 < 0.05/3 are rejected; 0.03 > 0.05/2 stops it, so 0.04 is not.
+    assert stats.holm([0.03, 0.01, 0.04, 0.015], 0.05) == [False, True, False, True]
+    assert stats.holm([0.03, 0.01, 0.04, 0.02], 0.05) == [False, True, False, False]
+    # A nan is not tested and does not count in m: 0.02 < 0.05/2 with it left out.
+    assert stats.holm([0.02, float("nan"), 0.04], 0.05) == [True, False, True]
+    with pytest.raises(ValueError, match="alpha"):
+        stats.holm([0.01], 0.0)
+
+
+def test_family_verdicts_keep_only_what_survives_the_number_of_checks():
+    r, c, i, n = stats.REPRODUCED, stats.CONTRADICTED, stats.INCONCLUSIVE, stats.NOT_RUN
+    # One check at p = 0.03 contradicts alone, but not among five (0.03 > 0.05 / 5).
+    checks = [(c, 0.03, -0.01, +1)] + [(i, 0.5, 0.0, +1)] * 4
+    assert stats.family_verdicts(checks) == [i] * 5
+    assert stats.family_verdicts(checks[:1]) == [c]
+    # A strong check survives; a check that did not run stays not run and is not counted.
+    checks = [(r, 0.001, 0.02, +1), (r, 0.02, -0.03, -1), (n, float("nan"), 0.0, +1)]
+    assert stats.family_verdicts(checks) == [r, r, n]
+    assert stats.combine(stats.family_verdicts([(c, 0.03, -0.01, +1), (i, 0.4, 0.0, +1)])) == i
+
+
 # ------------------------------------------------------------------------------------------
 # The report, from fake workdirs.
 # ------------------------------------------------------------------------------------------
@@ -555,7 +611,14 @@ def test_report_renders_intervals_and_verdicts_from_fake_workdirs(tmp_path):
     one = checks["Rand Init + self-training - Rand Init at Augment-S2, 100 %"]
     assert one["n"] == 1 and one["verdict"] == "inconclusive"
     assert ("| Rand Init + self-training - Rand Init at Augment-S2, 100 % | > 0 | +0.0100 "
-            "(one seed: no interval) | 1 | inconclusive |") in report and "± nan" not in report
+            "(one seed: no interval) | 1 | - | inconclusive | inconclusive |") in report
+    assert "± nan" not in report and one["p"] is None
+    # Family-wise: the paired t-test's p-value, and Holm within each finding.
+    st = checks["Rand Init + self-training - Rand Init at Augment-S4, 100 %"]
+    ref_p = sp_stats.ttest_1samp(np.array([.20, .21, .19]) - [.30, .31, .32], 0.0).pvalue
+    assert st["p"] == pytest.approx(ref_p) and st["verdict_holm"] == "contradicted"
+    assert ref_p < 0.05 / 2  # two checks of its finding have an interval: it survives Holm
+    assert hurts["verdict_holm"] == "reproduced"  # the only check of its finding that ran
     missing = checks["Rand Init + self-training - Rand Init at Augment-S1, 100 %"]
     assert missing["verdict"] == "not run"
     assert missing["missing"] == ["det-st-rand-s1-f1", "det-sup-rand-s1-f1"]
@@ -566,6 +629,9 @@ def test_report_renders_intervals_and_verdicts_from_fake_workdirs(tmp_path):
     assert verdicts["pretraining_hurts"] == "reproduced"  # its other checks did not run
     assert verdicts["self_training_helps"] == "contradicted"
     assert verdicts["loss_norm_helps"] == "not run"
+    holm = {f["key"]: f["verdict_holm"] for f in data["findings"]}
+    assert holm["self_training_helps"] == "contradicted" and holm["loss_norm_helps"] == "not run"
+    assert "Family-wise (Holm over its 2 checks with an interval): **contradicted**." in report
     # The table shows mean ± t-interval; the report names the interval and the missing cells.
     t1 = data["tables"]["T1"]["Rand Init | Augment-S4"]
     assert t1["mean"] == pytest.approx(0.31) and t1["n"] == 3

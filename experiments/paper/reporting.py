@@ -210,17 +210,31 @@ def check_result(runs, check, steps_table=None):
     interval = stats.t_interval(list(diffs.values()), CONFIDENCE)
     verdict = stats.NOT_RUN if missing or not diffs else stats.verdict(interval,
                                                                      check.direction)
+    p = stats.p_value(list(diffs.values())) if verdict != stats.NOT_RUN else math.nan
     return {"label": check.label, "direction": check.direction, "differences": diffs,
-            "interval": interval, "verdict": verdict, "missing": missing}
+            "interval": interval, "verdict": verdict, "missing": missing, "p": p}
 
 
 def finding_results(runs):
-    """[(finding, [check results], verdict)] for every finding."""
+    """[(finding, [check results], verdict)] for every finding.
+
+    Each check result also carries "holm": its verdict when the finding's checks are tested
+    as one family (Holm, family-wise 1 - CONFIDENCE); `holm_verdict` combines those.
+    """
     out = []
     for finding in tables.FINDINGS:
         results = [check_result(runs, c, tables.TABLES["T9"]) for c in finding.checks]
+        holm = stats.family_verdicts([(r["verdict"], r["p"], r["interval"].mean,
+                                       r["direction"]) for r in results], 1.0 - CONFIDENCE)
+        for r, v in zip(results, holm):
+            r["holm"] = v
         out.append((finding, results, stats.combine([r["verdict"] for r in results])))
     return out
+
+
+def holm_verdict(results):
+    """A finding's verdict from its checks' family-wise (Holm) verdicts."""
+    return stats.combine([r["holm"] for r in results])
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,22 +351,28 @@ def render_finding(finding, results, verdict):
     lines = [f"### {finding.claim}: **{verdict}**", "",
              f"*{tag}*" + (f"; paper: {finding.paper}" if finding.paper else ""), "",
              "| comparison (paired by seed) | expected | difference, mean ± 95 % interval "
-             "[low, high] | n | verdict |", "|---|---|---|---|---|"]
+             "[low, high] | n | p | verdict | family-wise (Holm) |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         iv = r["interval"]
         if r["verdict"] == stats.NOT_RUN:
             diff = "missing: " + ", ".join(r["missing"]) if r["missing"] else "no common seeds"
             lines.append(f"| {r['label']} | {'> 0' if r['direction'] > 0 else '< 0'} | "
-                         f"{diff} | 0 | not run |")
+                         f"{diff} | 0 | - | not run | not run |")
             continue
         if math.isfinite(iv.half_width):
             diff = f"{iv.mean:+.4f} ± {iv.half_width:.4f} [{iv.low:+.4f}, {iv.high:+.4f}]"
         else:
             diff = f"{iv.mean:+.4f} (one seed: no interval)"
+        p = f"{r['p']:.3f}" if math.isfinite(r["p"]) else "-"
         lines.append(f"| {r['label']} | {'> 0' if r['direction'] > 0 else '< 0'} | "
-                     f"{diff} | {iv.n} | {r['verdict']} |")
+                     f"{diff} | {iv.n} | {p} | {r['verdict']} | {r['holm']} |")
     counts = {v: sum(r["verdict"] == v for r in results) for v in stats.VERDICTS}
     lines += ["", "Checks: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."]
+    tested = sum(math.isfinite(r["p"]) for r in results)
+    over = {0: "no check has an interval yet", 1: "its one check with an interval"}.get(
+        tested, f"Holm over its {tested} checks with an interval")
+    lines += [f"Family-wise ({over}): **{holm_verdict(results)}**."]
     return lines
 
 
@@ -431,15 +451,22 @@ def render(root, out_dir=None, plots=True):
              "excludes 0 in the paper's direction, **contradicted** when it excludes 0 the "
              "other way, **inconclusive** otherwise, **not run** when a cell is missing. A "
              "finding is reproduced when every check that ran is, contradicted when any "
-             "check is.", "",
+             "check is.",
+             "- A finding has several checks, so some verdict is likely by chance alone (five "
+             "checks at 95 % each, none with an effect: about one finding in four would show "
+             "one). The "
+             "**family-wise** column tests each finding's checks as one family with Holm's "
+             "step-down method (family-wise error 5 %: the i-th smallest of the m p-values of "
+             "the paired t-tests must be below 0.05 / (m - i + 1)); a check that is still "
+             "reproduced or contradicted there is not explained by the number of checks.", "",
              *render_status(root, keys, table_results_, settings, study.get("seeds")), "",
              "## Findings", ""]
-    summary = ["| finding | verdict | checks |", "|---|---|---|"]
+    summary = ["| finding | verdict | checks | family-wise (Holm) |", "|---|---|---|---|"]
     for finding, results, verdict in findings:
         counts = ", ".join(f"{sum(r['verdict'] == v for r in results)} {v}"
                            for v in stats.VERDICTS if any(r['verdict'] == v for r in results))
         claim = finding.claim + (" *(beyond the paper)*" if finding.beyond else "")
-        summary.append(f"| {claim} | **{verdict}** | {counts} |")
+        summary.append(f"| {claim} | **{verdict}** | {counts} | {holm_verdict(results)} |")
     lines += summary + [""]
     for finding, results, verdict in findings:
         lines += render_finding(finding, results, verdict) + [""]
@@ -465,9 +492,12 @@ def render(root, out_dir=None, plots=True):
                            for (r, c), v in res.items()}
                        for k, res in table_results_.items()},
             "findings": [{"key": f.key, "claim": f.claim, "beyond_paper": f.beyond,
-                          "verdict": verdict, "paper": f.paper,
+                          "verdict": verdict, "verdict_holm": holm_verdict(results),
+                          "paper": f.paper,
                           "checks": [{"label": r["label"], "direction": r["direction"],
                                       "verdict": r["verdict"], "missing": r["missing"],
+                                      "p": stats.json_float(r["p"]),
+                                      "verdict_holm": r["holm"],
                                       "differences": {str(s): d for s, d in
                                                       r["differences"].items()},
                                       **r["interval"].to_dict()} for r in results]}

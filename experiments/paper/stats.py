@@ -55,12 +55,13 @@ class Interval:
         return 0
 
     def to_dict(self):
-        return {"mean": _json_float(self.mean), "half_width": _json_float(self.half_width),
-                "low": _json_float(self.low), "high": _json_float(self.high), "n": self.n,
+        return {"mean": json_float(self.mean), "half_width": json_float(self.half_width),
+                "low": json_float(self.low), "high": json_float(self.high), "n": self.n,
                 "confidence": self.confidence}
 
 
-def _json_float(x):
+def json_float(x):
+    """x, or None for nan / inf (JSON has no such numbers)."""
     return x if math.isfinite(x) else None
 
 
@@ -149,6 +150,75 @@ def combine(verdicts: Sequence[str]) -> str:
     if all(v == REPRODUCED for v in ran):
         return REPRODUCED
     return INCONCLUSIVE
+
+
+def p_value(values: Sequence[float]) -> float:
+    """Two-sided p-value of the one-sample t-test of mean 0 (SciPy's `ttest_1samp`).
+
+    It agrees with `t_interval`: p < 1 - confidence exactly when the interval excludes 0.
+    nan for fewer than 2 values (no test); with no spread, 0 for a non-zero mean, 1 for 0.
+    """
+    xs = [float(v) for v in values]
+    if any(not math.isfinite(x) for x in xs):
+        raise ValueError(f"non-finite value in {xs}")
+    n = len(xs)
+    if n < 2:
+        return math.nan
+    mean = math.fsum(xs) / n
+    if min(xs) == max(xs):
+        return 0.0 if xs[0] != 0.0 else 1.0
+    sem = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1) / n)
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    return float(min(1.0, 2.0 * stats.t.sf(abs(mean) / sem, n - 1)))
+
+
+def holm(p_values: Sequence[float], alpha: float = 0.05) -> list:
+    """Holm's step-down test of a family: which hypotheses are rejected at family-wise `alpha`.
+
+    The i-th smallest of the m p-values is compared with alpha / (m - i + 1) (i from 1), in
+    ascending order, stopping at the first that is not below it; everything before it is
+    rejected. A nan p-value (a comparison with one seed: not tested) is never rejected and
+    does not count in m.
+
+    Returns:
+      A list of booleans in the order of `p_values`.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    tested = sorted((p, i) for i, p in enumerate(p_values) if math.isfinite(p))
+    rejected = [False] * len(p_values)
+    m = len(tested)
+    for rank, (p, i) in enumerate(tested):
+        if not p < alpha / (m - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def family_verdicts(checks: Sequence[tuple], alpha: float = 0.05) -> list:
+    """Each check's verdict once the family of a finding's checks is tested together (Holm).
+
+    Args:
+      checks: (verdict, p-value, mean difference, direction) per check, the verdict being
+        the check's own (`verdict`), so a check that did not run stays "not run".
+      alpha: the family-wise error rate.
+
+    Returns:
+      A verdict per check: reproduced / contradicted when Holm rejects its hypothesis of no
+      difference (by the sign of its mean against the paper's direction), inconclusive when
+      it does not, not run as before.
+    """
+    ps = [p if v != NOT_RUN else math.nan for v, p, _, _ in checks]
+    rejected = holm(ps, alpha)
+    out = []
+    for (v, _, mean, direction), rej in zip(checks, rejected):
+        if v == NOT_RUN:
+            out.append(NOT_RUN)
+        elif not rej:
+            out.append(INCONCLUSIVE)
+        else:
+            out.append(REPRODUCED if (mean > 0) == (direction > 0) else CONTRADICTED)
+    return out
 
 
 def first_step_reaching(curve: Sequence[tuple], threshold: float):
