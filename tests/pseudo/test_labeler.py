@@ -137,12 +137,19 @@ def test_records_copy_the_sources_stored_bytes_or_reencode(det_teacher, tmp_path
 def test_predict_stream_stops_its_thread_and_raises_its_errors(det_teacher,
                                                                digit_scenes_data_dir):
     import threading  # pylint: disable=g-import-not-at-top
+
+    def prediction_threads():
+        # By name: the process's total thread count also moves with TF's and earlier tests'
+        # own threads (a CI run saw it drop by one between two lines of this test).
+        return [t for t in threading.enumerate() if t.name == "teacher-predict"]
+
     ds = labeler.load_unlabeled(UNLABELED, "unlabeled", data_dir=digit_scenes_data_dir)
-    before = threading.active_count()
+    assert not prediction_threads()
     stream = det_teacher.predict_stream(ds, batch_size=4)
     next(stream)
+    assert len(prediction_threads()) == 1  # the stream runs its forward passes in a thread
     stream.close()  # the consumer stops early: the prediction thread ends too
-    assert threading.active_count() == before
+    assert not prediction_threads()
 
     class Broken(teacher_lib.WorkdirTeacher):
         def predict(self, batch, flip_tta):
@@ -152,7 +159,7 @@ def test_predict_stream_stops_its_thread_and_raises_its_errors(det_teacher,
     broken.__dict__.update(det_teacher.__dict__)
     with pytest.raises(RuntimeError, match="forward failed"):
         list(broken.predict_stream(ds, batch_size=4))
-    assert threading.active_count() == before
+    assert not prediction_threads()
 
 
 def test_negatives_kept_or_dropped(det_teacher, reference, tmp_path, digit_scenes_data_dir):
