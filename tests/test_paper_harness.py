@@ -522,6 +522,27 @@ def test_family_verdicts_keep_only_what_survives_the_number_of_checks():
     assert stats.combine(stats.family_verdicts([(c, 0.03, -0.01, +1), (i, 0.4, 0.0, +1)])) == i
 
 
+@pytest.mark.parametrize("mean,sd,n", [(0.02, 0.02, 3), (0.02, 0.02, 6), (-0.03, 0.02, 4),
+                                       (0.01, 0.03, 10)])
+def test_power_matches_a_simulation_of_the_paired_t_test(mean, sd, n):
+    x = np.random.default_rng(n).normal(mean, sd, size=(40000, n))
+    simulated = np.mean(sp_stats.ttest_1samp(x, 0.0, axis=1).pvalue < 0.05)
+    assert stats.power(mean, sd, n) == pytest.approx(simulated, abs=0.01)  # 4 MC std errors
+    with pytest.raises(ValueError, match="2 seeds"):
+        stats.power(mean, sd, 1)
+
+
+def test_seeds_for_power_is_the_fewest_that_reach_it():
+    values = [0.01, 0.03, 0.02]
+    n = stats.seeds_for_power(values)
+    sd = np.std(values, ddof=1)
+    assert stats.power(0.02, sd, n) >= 0.8 > stats.power(0.02, sd, n - 1)
+    assert n == 5  # mean 0.02, sd 0.01: power 0.75 at 4 seeds, 0.9 at 5
+    assert stats.seeds_for_power([0.01, 0.03, -0.02], max_seeds=10) is None  # needs more
+    assert stats.seeds_for_power([0.02]) is None and stats.seeds_for_power([0.1, -0.1]) is None
+    assert stats.seeds_for_power([0.02, 0.02]) == 2
+
+
 # ------------------------------------------------------------------------------------------
 # The report, from fake workdirs.
 # ------------------------------------------------------------------------------------------
@@ -608,10 +629,15 @@ def test_report_renders_intervals_and_verdicts_from_fake_workdirs(tmp_path):
         "verdict"] == "inconclusive"
     seg = checks["segmentation: Rand Init + self-training - Rand Init at Augment-S4"]
     assert seg["n"] == 2 and seg["mean"] == pytest.approx(0.025)
+    # Close to its spread: a few more seeds would decide it, and the report says how to run them.
+    need = stats.seeds_for_power([0.03, 0.02])
+    assert seg["verdict"] == "inconclusive" and seg["seeds_for_power"] == need and 2 < need <= 10
+    assert (f"`python experiments/paper/run.py --table=T8 --rows=seg-pipe-rand-s4-f1 "
+            f"--seeds={need} --root={root}`") in report
     one = checks["Rand Init + self-training - Rand Init at Augment-S2, 100 %"]
     assert one["n"] == 1 and one["verdict"] == "inconclusive"
     assert ("| Rand Init + self-training - Rand Init at Augment-S2, 100 % | > 0 | +0.0100 "
-            "(one seed: no interval) | 1 | - | inconclusive | inconclusive |") in report
+            "(one seed: no interval) | 1 | - | inconclusive | inconclusive | - |") in report
     assert "± nan" not in report and one["p"] is None
     # Family-wise: the paired t-test's p-value, and Holm within each finding.
     st = checks["Rand Init + self-training - Rand Init at Augment-S4, 100 %"]

@@ -22,6 +22,9 @@ import tables
 
 PRIMARY = {"detection": "AP", "segmentation": "mIoU"}
 CONFIDENCE = 0.95
+POWER = 0.8  # the "seeds for 80 % power" column
+MAX_SEEDS_SEARCHED = 30  # stats.seeds_for_power's max_seeds
+MAX_SUGGESTED_SEEDS = 10  # "More seeds" lists the checks that would need at most this many
 
 
 # ------------------------------------------------------------------------------------------
@@ -210,9 +213,13 @@ def check_result(runs, check, steps_table=None):
     interval = stats.t_interval(list(diffs.values()), CONFIDENCE)
     verdict = stats.NOT_RUN if missing or not diffs else stats.verdict(interval,
                                                                      check.direction)
-    p = stats.p_value(list(diffs.values())) if verdict != stats.NOT_RUN else math.nan
+    ran = verdict != stats.NOT_RUN
+    p = stats.p_value(list(diffs.values())) if ran else math.nan
+    seeds = stats.seeds_for_power(list(diffs.values()), POWER, CONFIDENCE) if ran else None
     return {"label": check.label, "direction": check.direction, "differences": diffs,
-            "interval": interval, "verdict": verdict, "missing": missing, "p": p}
+            "interval": interval, "verdict": verdict, "missing": missing, "p": p,
+            "seeds_for_power": seeds,
+            "cells": sorted({e.cell for e in check.plus + check.minus})}
 
 
 def finding_results(runs):
@@ -351,22 +358,24 @@ def render_finding(finding, results, verdict):
     lines = [f"### {finding.claim}: **{verdict}**", "",
              f"*{tag}*" + (f"; paper: {finding.paper}" if finding.paper else ""), "",
              "| comparison (paired by seed) | expected | difference, mean ± 95 % interval "
-             "[low, high] | n | p | verdict | family-wise (Holm) |",
-             "|---|---|---|---|---|---|---|"]
+             "[low, high] | n | p | verdict | family-wise (Holm) | seeds for 80 % power |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         iv = r["interval"]
         if r["verdict"] == stats.NOT_RUN:
             diff = "missing: " + ", ".join(r["missing"]) if r["missing"] else "no common seeds"
             lines.append(f"| {r['label']} | {'> 0' if r['direction'] > 0 else '< 0'} | "
-                         f"{diff} | 0 | - | not run | not run |")
+                         f"{diff} | 0 | - | not run | not run | - |")
             continue
         if math.isfinite(iv.half_width):
             diff = f"{iv.mean:+.4f} ± {iv.half_width:.4f} [{iv.low:+.4f}, {iv.high:+.4f}]"
         else:
             diff = f"{iv.mean:+.4f} (one seed: no interval)"
         p = f"{r['p']:.3f}" if math.isfinite(r["p"]) else "-"
+        need = (r["seeds_for_power"] if r["seeds_for_power"] is not None
+                else f"> {MAX_SEEDS_SEARCHED}" if iv.n >= 2 and iv.mean != 0 else "-")
         lines.append(f"| {r['label']} | {'> 0' if r['direction'] > 0 else '< 0'} | "
-                     f"{diff} | {iv.n} | {p} | {r['verdict']} | {r['holm']} |")
+                     f"{diff} | {iv.n} | {p} | {r['verdict']} | {r['holm']} | {need} |")
     counts = {v: sum(r["verdict"] == v for r in results) for v in stats.VERDICTS}
     lines += ["", "Checks: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."]
     tested = sum(math.isfinite(r["p"]) for r in results)
@@ -374,6 +383,46 @@ def render_finding(finding, results, verdict):
         tested, f"Holm over its {tested} checks with an interval")
     lines += [f"Family-wise ({over}): **{holm_verdict(results)}**."]
     return lines
+
+
+def _tables_of(cells):
+    """The tables to name so that `--rows` finds every one of `cells` (each cell's first)."""
+    keys = []
+    for cell in cells:
+        key = next(k for k, t in tables.TABLES.items()
+                   if any(e.cell == cell for e in t.entries.values()))
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def render_more_seeds(findings, root):
+    """The inconclusive checks that a few more seeds would likely decide, with the command."""
+    rows, seen = [], set()
+    for finding, results, _ in findings:
+        for r in results:
+            need = r["seeds_for_power"]
+            if (r["verdict"] != stats.INCONCLUSIVE or need is None
+                    or not r["interval"].n < need <= MAX_SUGGESTED_SEEDS
+                    or tuple(r["cells"]) in seen):  # another finding's check of the same cells
+                continue
+            seen.add(tuple(r["cells"]))
+            command = (f"`python experiments/paper/run.py "
+                       f"--table={','.join(_tables_of(r['cells']))} "
+                       f"--rows={','.join(r['cells'])} --seeds={need} --root={root}`")
+            rows.append(f"| {r['label']} | {r['interval'].mean:+.4f} | {r['interval'].n} | "
+                        f"{need} | {command} |")
+    lines = ["## More seeds", "",
+             "The issue asks for more than 3 seeds where a difference is close to its spread. "
+             f"These inconclusive checks would exclude 0 with {POWER * 100:.0f} % probability at "
+             f"{MAX_SUGGESTED_SEEDS} seeds or fewer, if their observed mean and spread held "
+             "(a paired t-test's power, noncentral t; `stats.seeds_for_power`). The command "
+             "runs the missing seeds of their cells (finished seeds are skipped). Checks "
+             "that would need more are in each finding's last column.", ""]
+    if not rows:
+        return lines + ["None at this point.", ""]
+    return lines + ["| check | difference | seeds now | seeds for 80 % power | command |",
+                    "|---|---|---|---|---|", *rows, ""]
 
 
 def job_wall_s(record):
@@ -458,7 +507,12 @@ def render(root, out_dir=None, plots=True):
              "**family-wise** column tests each finding's checks as one family with Holm's "
              "step-down method (family-wise error 5 %: the i-th smallest of the m p-values of "
              "the paired t-tests must be below 0.05 / (m - i + 1)); a check that is still "
-             "reproduced or contradicted there is not explained by the number of checks.", "",
+             "reproduced or contradicted there is not explained by the number of checks.",
+             "- **Seeds for 80 % power**: how many seeds the paired t-test would need to "
+             "exclude 0 four times in five, if the observed mean difference and spread were "
+             "the true ones (noncentral t); section \"More seeds\" lists the inconclusive "
+             "checks that 10 or fewer would likely decide, with the command that runs them.",
+             "",
              *render_status(root, keys, table_results_, settings, study.get("seeds")), "",
              "## Findings", ""]
     summary = ["| finding | verdict | checks | family-wise (Holm) |", "|---|---|---|---|"]
@@ -470,6 +524,7 @@ def render(root, out_dir=None, plots=True):
     lines += summary + [""]
     for finding, results, verdict in findings:
         lines += render_finding(finding, results, verdict) + [""]
+    lines += render_more_seeds(findings, root)
     lines += ["## Tables", ""]
     for key in keys:
         lines += render_table(tables.TABLES[key], table_results_[key], runs, settings) + [""]
@@ -497,6 +552,7 @@ def render(root, out_dir=None, plots=True):
                           "checks": [{"label": r["label"], "direction": r["direction"],
                                       "verdict": r["verdict"], "missing": r["missing"],
                                       "p": stats.json_float(r["p"]),
+                                      "seeds_for_power": r["seeds_for_power"],
                                       "verdict_holm": r["holm"],
                                       "differences": {str(s): d for s, d in
                                                       r["differences"].items()},

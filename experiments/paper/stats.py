@@ -221,6 +221,50 @@ def family_verdicts(checks: Sequence[tuple], alpha: float = 0.05) -> list:
     return out
 
 
+def power(mean: float, sd: float, n: int, confidence: float = 0.95) -> float:
+    """The power of the two-sided paired t-test with n seeds when the true mean difference is
+    `mean` and the seeds' standard deviation `sd`: P(the interval excludes 0).
+
+    The t statistic is then noncentral t with n - 1 degrees of freedom and noncentrality
+    mean / (sd / sqrt(n)).
+    """
+    if n < 2:
+        raise ValueError(f"power needs at least 2 seeds, got {n}")
+    if not sd > 0:
+        raise ValueError(f"sd must be > 0, got {sd}")
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    df = n - 1
+    crit = stats.t.ppf(0.5 + confidence / 2.0, df)
+    nc = mean / (sd / math.sqrt(n))
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def seeds_for_power(values: Sequence[float], target: float = 0.8, confidence: float = 0.95,
+                    max_seeds: int = 30):
+    """The fewest seeds (>= 2) at which a paired comparison with the mean and spread of
+    `values` would exclude 0 with probability `target`: how many seeds to run where a
+    difference is close to its spread. A planning estimate that takes the observed mean and
+    standard deviation as the true ones.
+
+    Returns:
+      The number of seeds; None for fewer than 2 values, a mean of 0, or more than
+      `max_seeds` needed; 2 when the values have no spread (any 2 would exclude 0).
+    """
+    xs = [float(v) for v in values]
+    if len(xs) < 2:
+        return None
+    mean = math.fsum(xs) / len(xs)
+    if mean == 0.0:
+        return None
+    if min(xs) == max(xs):
+        return 2
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+    for n in range(2, max_seeds + 1):
+        if power(mean, sd, n, confidence) >= target:
+            return n
+    return None
+
+
 def first_step_reaching(curve: Sequence[tuple], threshold: float):
     """The first step whose value is >= threshold in [(step, value), ...] sorted by step;
     None if none is."""
