@@ -483,14 +483,15 @@ def test_p_value_matches_scipy_and_agrees_with_the_interval(n):
 
 
 def _holm_reference(ps, alpha):
-    """Holm by its definition: H_(i) is rejected iff p_(j) < alpha / (m - j + 1) for every
-    j <= i (1-based ranks of the finite p-values)."""
+    """Holm through its adjusted p-values: p~_(i) = max over j <= i of (m - j + 1) p_(j)
+    (1-based ranks of the m finite p-values); H_(i) is rejected iff p~_(i) < alpha."""
     ps = np.asarray(ps, float)
-    m = int(np.sum(np.isfinite(ps)))
-    order = [i for i in np.argsort(np.where(np.isfinite(ps), ps, np.inf)) if np.isfinite(ps[i])]
+    finite = np.flatnonzero(np.isfinite(ps))
+    order = finite[np.argsort(ps[finite], kind="stable")]
+    m = len(order)
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * ps[order])
     out = np.zeros(len(ps), bool)
-    for rank, i in enumerate(order):
-        out[i] = all(ps[order[j]] < alpha / (m - j) for j in range(rank + 1))
+    out[order] = adjusted < alpha
     return out.tolist()
 
 
@@ -532,6 +533,14 @@ def test_power_matches_a_simulation_of_the_paired_t_test(mean, sd, n):
         stats.power(mean, sd, 1)
 
 
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_power_is_two_sided(n):
+    # With no effect the two tails together are the test's size (one tail alone: 0.025),
+    # and an effect of either sign has the same power.
+    assert stats.power(0.0, 0.02, n) == pytest.approx(0.05, abs=1e-12)
+    assert stats.power(-0.01, 0.02, n) == pytest.approx(stats.power(0.01, 0.02, n), abs=1e-12)
+
+
 def test_seeds_for_power_is_the_fewest_that_reach_it():
     values = [0.01, 0.03, 0.02]
     n = stats.seeds_for_power(values)
@@ -541,6 +550,30 @@ def test_seeds_for_power_is_the_fewest_that_reach_it():
     assert stats.seeds_for_power([0.01, 0.03, -0.02], max_seeds=10) is None  # needs more
     assert stats.seeds_for_power([0.02]) is None and stats.seeds_for_power([0.1, -0.1]) is None
     assert stats.seeds_for_power([0.02, 0.02]) == 2
+
+
+def test_more_seeds_asks_for_the_most_any_check_of_the_same_cells_needs(tmp_path):
+    iv = stats.t_interval([0.01, 0.03, 0.02])
+    cells = ["det-sup-imagenet-s4-f1", "det-sup-rand-s4-f1"]
+
+    def result(label, need, verdict=stats.INCONCLUSIVE, cells=cells):
+        return {"label": label, "interval": iv, "verdict": verdict, "seeds_for_power": need,
+                "cells": cells}
+
+    findings = [(None, [result("AP", 4), result("done", 5, stats.REPRODUCED),
+                        result("too many", 40), result("other cells", 6, cells=cells[1:])],
+                 None),
+                (None, [result("steps", 7)], None)]
+    got = [(r["label"], need) for r, need in reporting.more_seeds(findings)]
+    assert got == [("steps", 7), ("other cells", 6)]
+    quiet = tables.Settings(root="/r")
+    assert reporting.run_command(quiet, cells, 7) == (
+        "python experiments/paper/run.py --table=T1 --rows=det-sup-imagenet-s4-f1,"
+        "det-sup-rand-s4-f1 --seeds=7 --root=/r")
+    # A study at another preset / scale names them (run.py refuses a root's other settings).
+    other = tables.Settings(root="/r", dataset="coco", scale=0.5, eval_images=12)
+    assert reporting.run_command(other, cells, 4).endswith(
+        "--seeds=4 --root=/r --dataset=coco --scale=0.5 --eval_images=12")
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ import stats
 import tables
 
 PRIMARY = {"detection": "AP", "segmentation": "mIoU"}
-CONFIDENCE = 0.95
+ALPHA = 0.05  # two-sided: a check's verdict and its finding's family-wise (Holm) error
+CONFIDENCE = 1.0 - ALPHA  # the intervals' coverage (exactly 0.95)
 POWER = 0.8  # the "seeds for 80 % power" column
 MAX_SEEDS_SEARCHED = 30  # stats.seeds_for_power's max_seeds
 MAX_SUGGESTED_SEEDS = 10  # "More seeds" lists the checks that would need at most this many
@@ -226,13 +227,13 @@ def finding_results(runs):
     """[(finding, [check results], verdict)] for every finding.
 
     Each check result also carries "holm": its verdict when the finding's checks are tested
-    as one family (Holm, family-wise 1 - CONFIDENCE); `holm_verdict` combines those.
+    as one family (Holm, family-wise error ALPHA); `holm_verdict` combines those.
     """
     out = []
     for finding in tables.FINDINGS:
         results = [check_result(runs, c, tables.TABLES["T9"]) for c in finding.checks]
         holm = stats.family_verdicts([(r["verdict"], r["p"], r["interval"].mean,
-                                       r["direction"]) for r in results], 1.0 - CONFIDENCE)
+                                       r["direction"]) for r in results], ALPHA)
         for r, v in zip(results, holm):
             r["holm"] = v
         out.append((finding, results, stats.combine([r["verdict"] for r in results])))
@@ -396,29 +397,53 @@ def _tables_of(cells):
     return keys
 
 
-def render_more_seeds(findings, root):
-    """The inconclusive checks that a few more seeds would likely decide, with the command."""
-    rows, seen = [], set()
-    for finding, results, _ in findings:
+def more_seeds(findings):
+    """[(label, result, seeds)]: the inconclusive checks that at most MAX_SUGGESTED_SEEDS seeds
+    would likely decide (POWER at their observed mean and spread), one per set of cells
+    (checks of the same cells with another metric, e.g. T9's steps, ask for the most seeds
+    any of them needs)."""
+    by_cells = {}
+    for _, results, _ in findings:
         for r in results:
             need = r["seeds_for_power"]
             if (r["verdict"] != stats.INCONCLUSIVE or need is None
-                    or not r["interval"].n < need <= MAX_SUGGESTED_SEEDS
-                    or tuple(r["cells"]) in seen):  # another finding's check of the same cells
+                    or not r["interval"].n < need <= MAX_SUGGESTED_SEEDS):
                 continue
-            seen.add(tuple(r["cells"]))
-            command = (f"`python experiments/paper/run.py "
-                       f"--table={','.join(_tables_of(r['cells']))} "
-                       f"--rows={','.join(r['cells'])} --seeds={need} --root={root}`")
-            rows.append(f"| {r['label']} | {r['interval'].mean:+.4f} | {r['interval'].n} | "
-                        f"{need} | {command} |")
+            key = tuple(r["cells"])
+            if key not in by_cells or need > by_cells[key][1]:
+                by_cells[key] = (r, need)
+    return list(by_cells.values())
+
+
+def run_command(settings, cells, seeds):
+    """The run.py command that runs the missing seeds (up to `seeds`) of `cells`."""
+    flags = [f"--table={','.join(_tables_of(cells))}", f"--rows={','.join(cells)}",
+             f"--seeds={seeds}", f"--root={settings.root}"]
+    if settings.dataset != "digit_scenes":
+        flags.append(f"--dataset={settings.dataset}")
+    if settings.scale != 1.0:
+        flags.append(f"--scale={settings.scale:g}")
+    if settings.eval_images != tables.default_eval_images(settings.dataset, settings.scale):
+        flags.append(f"--eval_images={settings.eval_images}")
+    return "python experiments/paper/run.py " + " ".join(flags)
+
+
+def render_more_seeds(findings, settings):
+    """The inconclusive checks that a few more seeds would likely decide, with the command."""
+    rows = [f"| {r['label']} | {r['interval'].mean:+.4f} | {r['interval'].n} | {need} | "
+            f"`{run_command(settings, r['cells'], need)}` |" for r, need in more_seeds(findings)]
     lines = ["## More seeds", "",
              "The issue asks for more than 3 seeds where a difference is close to its spread. "
-             f"These inconclusive checks would exclude 0 with {POWER * 100:.0f} % probability at "
-             f"{MAX_SUGGESTED_SEEDS} seeds or fewer, if their observed mean and spread held "
-             "(a paired t-test's power, noncentral t; `stats.seeds_for_power`). The command "
-             "runs the missing seeds of their cells (finished seeds are skipped). Checks "
-             "that would need more are in each finding's last column.", ""]
+             f"These inconclusive checks would exclude 0 with {POWER * 100:.0f} % probability "
+             f"at {MAX_SUGGESTED_SEEDS} seeds or fewer **if** their observed mean and spread "
+             "were the true ones (a paired t-test's power, noncentral t; "
+             "`stats.seeds_for_power`). That is a rough planning number: a mean and a spread "
+             "from 2-3 seeds are themselves noisy, it is the power of the check's own 5 % test "
+             "(the family-wise test asks for more), and an interval recomputed after adding "
+             "seeds because a check was inconclusive is not adjusted for that choice (read it "
+             "as a more precise estimate, not a fresh test). The command runs the missing "
+             "seeds of the check's cells (finished seeds are skipped). Checks that would need "
+             "more are in each finding's last column.", ""]
     if not rows:
         return lines + ["None at this point.", ""]
     return lines + ["| check | difference | seeds now | seeds for 80 % power | command |",
@@ -502,16 +527,19 @@ def render(root, out_dir=None, plots=True):
              "finding is reproduced when every check that ran is, contradicted when any "
              "check is.",
              "- A finding has several checks, so some verdict is likely by chance alone (five "
-             "checks at 95 % each, none with an effect: about one finding in four would show "
-             "one). The "
-             "**family-wise** column tests each finding's checks as one family with Holm's "
-             "step-down method (family-wise error 5 %: the i-th smallest of the m p-values of "
-             "the paired t-tests must be below 0.05 / (m - i + 1)); a check that is still "
-             "reproduced or contradicted there is not explained by the number of checks.",
+             "independent checks at 95 % each, none with an effect: 1 - 0.95^5 = 23 %, about "
+             "one finding in five would show one). The **family-wise** column tests each "
+             "finding's checks as one family with Holm's step-down method (family-wise error "
+             "5 % within the finding: the i-th smallest of its m p-values of the paired "
+             "t-tests, and every smaller one, must be below 0.05 / (m - j + 1) at its own rank "
+             "j); a check still reproduced or contradicted there is not explained by the "
+             "number of checks of its finding (the error is not controlled across the "
+             "findings).",
              "- **Seeds for 80 % power**: how many seeds the paired t-test would need to "
              "exclude 0 four times in five, if the observed mean difference and spread were "
-             "the true ones (noncentral t); section \"More seeds\" lists the inconclusive "
-             "checks that 10 or fewer would likely decide, with the command that runs them.",
+             "the true ones (noncentral t; a rough planning number, see \"More seeds\", which "
+             "lists the inconclusive checks that 10 or fewer might decide, with the command "
+             "that runs them).",
              "",
              *render_status(root, keys, table_results_, settings, study.get("seeds")), "",
              "## Findings", ""]
@@ -524,7 +552,7 @@ def render(root, out_dir=None, plots=True):
     lines += summary + [""]
     for finding, results, verdict in findings:
         lines += render_finding(finding, results, verdict) + [""]
-    lines += render_more_seeds(findings, root)
+    lines += render_more_seeds(findings, settings)
     lines += ["## Tables", ""]
     for key in keys:
         lines += render_table(tables.TABLES[key], table_results_[key], runs, settings) + [""]

@@ -155,7 +155,8 @@ def combine(verdicts: Sequence[str]) -> str:
 def p_value(values: Sequence[float]) -> float:
     """Two-sided p-value of the one-sample t-test of mean 0 (SciPy's `ttest_1samp`).
 
-    It agrees with `t_interval`: p < 1 - confidence exactly when the interval excludes 0.
+    It agrees with `t_interval`: p < 1 - confidence when the interval excludes 0 (up to
+    floating-point rounding when the t statistic sits on the critical value to ~1e-15).
     nan for fewer than 2 values (no test); with no spread, 0 for a non-zero mean, 1 for 0.
     """
     xs = [float(v) for v in values]
