@@ -745,6 +745,14 @@ def _python(args, cwd):
                                "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
+def test_the_report_reads_json_without_importing_tensorflow(tmp_path):
+    code = ("import sys; sys.path.insert(0, 'experiments/paper'); import reporting; "
+            "bad = [m for m in ('tensorflow', 'keras', 'tensorflow_datasets') "
+            "if m in sys.modules]; assert not bad, bad")
+    done = _python(["-c", code], os.path.join(PAPER_DIR, "..", ".."))
+    assert done.returncode == 0, done.stderr
+
+
 def test_report_command_writes_the_report_and_names_missing_cells(tmp_path):
     """`python experiments/paper/report.py --root=DIR` on a study with one finished cell."""
     root = str(tmp_path / "study")

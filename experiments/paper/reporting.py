@@ -17,6 +17,8 @@ import math
 import os
 import subprocess
 
+from rethink_tf.training import history as history_lib  # JSON only, no TensorFlow
+
 import stats
 import tables
 
@@ -38,22 +40,6 @@ def _read(path, default=None):
             return json.load(f)
     except (OSError, ValueError):
         return default
-
-
-def _history(path):
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        continue  # a line cut by a kill
-    except OSError:
-        pass
-    return out
 
 
 @dataclasses.dataclass
@@ -86,7 +72,7 @@ def load_runs(root):
             m = _read(os.path.join(d, f"metrics_{split}.json"))
             if m is not None:
                 test[part] = m
-            history[part] = _history(os.path.join(d, "metrics_history.jsonl"))
+            history[part] = history_lib.read_metrics_history(d)
             config[part] = _read(os.path.join(d, "config.json"), {})
         run = Run(record["cell"], int(record.get("seed", 0)), record.get("stage", ""), workdir,
                   record, test, history, config,

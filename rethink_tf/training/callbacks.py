@@ -10,6 +10,8 @@ import tensorflow as tf
 
 from rethink_tf.data import atomic
 from rethink_tf.training import optimizer as optimizer_lib
+from rethink_tf.training.history import HISTORY_FILE
+from rethink_tf.training.history import read_metrics_history
 
 
 def _step(model):
@@ -191,26 +193,6 @@ class PeriodicEvaluation(keras.callbacks.Callback):
             self._done_at = step
 
 
-def read_metrics_history(workdir):
-    """The records of `workdir/metrics_history.jsonl`, oldest first ([] when there is none).
-
-    A line that does not parse (cut by a kill under an older, appending version) is skipped.
-    """
-    out = []
-    try:
-        with open(os.path.join(workdir, "metrics_history.jsonl")) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        continue
-    except FileNotFoundError:
-        pass
-    return out
-
-
 def write_metrics(workdir, step, metrics, split):
     """Writes `workdir/metrics.json` (latest) and adds the record to `metrics_history.jsonl`.
 
@@ -224,7 +206,7 @@ def write_metrics(workdir, step, metrics, split):
                if (r.get("step"), r.get("split")) != (record["step"], split)]
     history.append(record)
     history.sort(key=lambda r: int(r.get("step", 0)))
-    atomic.write_text(os.path.join(workdir, "metrics_history.jsonl"),
+    atomic.write_text(os.path.join(workdir, HISTORY_FILE),
                       "".join(json.dumps(r, default=float) + "\n" for r in history),
                       "metrics history")
     atomic.write_json(os.path.join(workdir, "metrics.json"), record, "metrics", indent=2,
