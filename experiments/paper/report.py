@@ -29,7 +29,10 @@ def main(argv):
         raise app.UsageError(f"--root={_ROOT.value!r} is not a directory")
     out = os.path.abspath(_OUT.value) if _OUT.value else root
     data = reporting.render(root, out, plots=_PLOTS.value)
-    verdicts = ", ".join(f"{f['key']}: {f['verdict']}" for f in data["findings"])
+    verdicts = ", ".join(
+        f"{f['key']}: {f['verdict']}" + (f" (family-wise {f['verdict_holm']})"
+                                         if f["verdict_holm"] != f["verdict"] else "")
+        for f in data["findings"])
     print(f"{os.path.join(out, 'REPORT.md')} ({len(data['cells'])} workdirs; {verdicts})")
 
 
