@@ -745,6 +745,60 @@ def _python(args, cwd):
                                "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
+def test_teacher_quality_pairs_each_student_with_its_teachers_labels(tmp_path):
+    root = str(tmp_path / "study")
+    teachers = {"det-sup-rand-s1-f1": ({0: 0.10, 1: 0.12}, 0.30),
+                "det-sup-rand-s4-f1": ({0: 0.05, 1: 0.07}, 0.10),
+                "det-sup-imagenet-s4-f1": ({0: 0.08, 1: 0.06}, 0.20)}
+    students = {"det-st-rand-s1-f1": {0: 0.14, 1: 0.15},  # best labels, gains +0.035
+                "det-st-rand-s4-f1": {0: 0.04, 1: 0.05},  # worst labels, loses 0.015
+                "det-st-imagenet-s4-f1": {0: 0.08, 1: 0.07},  # middle, +0.005
+                "det-st-nonorm-rand-s4-f1": {0: 0.06, 1: 0.07}}  # a variant: not correlated
+    for teacher, (values, precision) in teachers.items():
+        _fake(root, teacher, values)
+        for seed in values:
+            d = os.path.join(root, "pseudo", f"{teacher}__pool", f"seed{seed}")
+            harness.write_json(os.path.join(d, "manifest.json"), {"score_threshold": 0.3})
+            harness.write_json(os.path.join(d, "quality.json"), {"thresholds": [
+                {"threshold": 0.3, "precision": precision + 0.01 * seed, "recall": 0.5},
+                {"threshold": 0.5, "precision": 0.9, "recall": 0.1}]})
+    for student, values in students.items():
+        _fake(root, student, values)
+        teacher = tables.CELLS[student].teacher
+        for seed in values:
+            path = os.path.join(root, "cells", student, f"seed{seed}", "config.json")
+            config = json.load(open(path))
+            # Written on another machine: the path's last two parts are found under this root.
+            config["self_training"] = {"pseudo_labels": f"/elsewhere/pseudo/{teacher}__pool/"
+                                                        f"seed{seed}"}
+            harness.write_json(path, config)
+    _fake(root, "seg-pipe-rand-s1-f1", {0: 0.40}, part="teacher")
+    _fake(root, "seg-pipe-rand-s1-f1", {0: 0.43}, part="student")
+    harness.write_json(os.path.join(root, "cells", "seg-pipe-rand-s1-f1", "seed0",
+                                    "pipeline.json"),
+                       {"rounds": [{"pseudo": {"pixel_threshold": 0.5, "quality": {
+                           "thresholds": [{"threshold": 0.5, "mIoU": 0.47}]}}}]})
+
+    rows = {r["cell"]: r for r in reporting.teacher_quality(reporting.load_runs(root), root)}
+    assert set(rows) == set(students) | {"seg-pipe-rand-s1-f1"}
+    st = rows["det-st-rand-s1-f1"]
+    assert st["quality"] == {0: pytest.approx(0.30), 1: pytest.approx(0.31)}  # at 0.3, not 0.5
+    assert st["gain"] == {0: pytest.approx(0.04), 1: pytest.approx(0.03)}
+    assert st["teacher"] == {0: 0.10, 1: 0.12} and st["plain"]
+    assert not rows["det-st-nonorm-rand-s4-f1"]["plain"]
+    seg = rows["seg-pipe-rand-s1-f1"]
+    assert seg["quality"] == {0: 0.47} and seg["gain"] == {0: pytest.approx(0.03)}
+    text = "\n".join(reporting.render_teacher_quality(list(rows.values())))
+    # The three plain detection students: precision and gain in the same order: rho = 1.
+    assert "over the 3 plain self-training cells: **+1.00**" in text
+    assert "| det-st-nonorm-rand-s4-f1 * | 2 | 0.105 | 0.500 | 0.060 | +0.0050 ± " in text
+    assert "| seg-pipe-rand-s1-f1 | 1 | 0.470 | 0.400 | +0.0300 (n=1) |" in text
+    xs, ys = [0.1, 0.4, 0.2, 0.3], [1.0, 2.0, 4.0, 3.0]
+    assert reporting.rank_correlation(xs, ys) == pytest.approx(
+        sp_stats.spearmanr(xs, ys).statistic)
+    assert math.isnan(reporting.rank_correlation([0.1, 0.2], [1.0, 2.0]))
+
+
 def test_the_report_reads_json_without_importing_tensorflow(tmp_path):
     code = ("import sys; sys.path.insert(0, 'experiments/paper'); import reporting; "
             "bad = [m for m in ('tensorflow', 'keras', 'tensorflow_datasets') "

@@ -549,6 +549,8 @@ def render(root, out_dir=None, plots=True):
         else:
             lines += ["## Plots", "", "matplotlib is not installed: no plots.", ""]
     lines += render_pseudo(pseudo, runs)
+    quality_rows = teacher_quality(runs, root)
+    lines += render_teacher_quality(quality_rows)
     lines += render_time(settings, keys, runs, pseudo, harness)
     lines += render_cells(runs, pseudo)
     text = "\n".join(lines) + "\n"
@@ -572,6 +574,9 @@ def render(root, out_dir=None, plots=True):
                                                       r["differences"].items()},
                                       **r["interval"].to_dict()} for r in results]}
                          for f, results, verdict in findings],
+            "teacher_quality": [{k: ({str(s): x for s, x in v.items()}
+                                     if isinstance(v, dict) else v) for k, v in r.items()}
+                                for r in quality_rows],
             "cells": [{"cell": r.cell, "seed": r.seed, "stage": r.stage,
                        "status": r.record.get("status"), "wall_s": r.record.get("wall_s"),
                        "commands": r.record.get("commands"),
@@ -624,6 +629,128 @@ def render_pseudo(pseudo, runs=None):
         lines.append(f"| {teacher} | {seed} | {source} | {_f(threshold)} | "
                      f"{manifest.get('num_images', '')} | {_labels_kept(manifest)} | {shown} |")
     return lines + [""]
+
+
+QUALITY_KEY = {"detection": "precision", "segmentation": "mIoU"}  # of the pseudo labels
+# The self-training recipes themselves (one cell per teacher); variants of the student that
+# share a teacher (loss norm off, joint + pseudo, other pools) are shown but not correlated.
+PLAIN_SELF_TRAINING = ("self-training", "pipeline")
+
+
+def _pseudo_dir(root, path):
+    """A student's `self_training.pseudo_labels`, or the same directory under this root (a
+    study copied elsewhere keeps its relative layout)."""
+    if path and os.path.isdir(path):
+        return path
+    moved = os.path.join(root, "pseudo", *path.rstrip("/").split("/")[-2:]) if path else ""
+    return moved if moved and os.path.isdir(moved) else None
+
+
+def teacher_quality(runs, root):
+    """Per self-trained cell: its teachers' test metric, their pseudo labels' quality at the
+    threshold used (on the pool's hidden ground truth), and the student's gain over its
+    teacher, per seed.
+
+    Returns:
+      [{"cell", "task", "teacher", "quality" ({seed: value}), "recall" ({seed: value},
+      detection), "gain" ({seed: student - teacher}), "plain" (a `PLAIN_SELF_TRAINING`
+      cell)}], cells in name order.
+    """
+    by_cell = {}
+    for run in sorted(runs.values(), key=lambda r: (r.cell, r.seed)):
+        cell = tables.CELLS.get(run.cell)
+        if cell is None or cell.task not in QUALITY_KEY:
+            continue
+        metric, key = PRIMARY[cell.task], QUALITY_KEY[cell.task]
+        if run.pipeline:
+            teacher_m = run.test.get("teacher", {}).get(metric)
+            student_m = run.test.get("student", {}).get(metric)
+            rounds = run.pipeline.get("rounds") or [{}]
+            manifest = rounds[0].get("pseudo", {})
+            quality = manifest.get("quality")
+        elif cell.teacher and (cell.teacher, run.seed) in runs:
+            teacher_m = runs[(cell.teacher, run.seed)].test.get("", {}).get(metric)
+            student_m = run.test.get("", {}).get(metric)
+            d = _pseudo_dir(root, run.config.get("", {}).get("self_training", {}).get(
+                "pseudo_labels", ""))
+            if d is None:
+                continue
+            manifest = _read(os.path.join(d, "manifest.json"), {})
+            quality = _read(os.path.join(d, "quality.json"))
+        else:
+            continue
+        q = _quality_at_threshold(quality, manifest.get("score_threshold",
+                                                        manifest.get("pixel_threshold")))
+        if teacher_m is None or student_m is None or q.get(key) is None:
+            continue
+        row = by_cell.setdefault(run.cell, {
+            "cell": run.cell, "task": cell.task, "teacher": {}, "quality": {}, "recall": {},
+            "gain": {}, "plain": cell.labels.get("method") in PLAIN_SELF_TRAINING})
+        row["teacher"][run.seed] = float(teacher_m)
+        row["quality"][run.seed] = float(q[key])
+        if q.get("recall") is not None:
+            row["recall"][run.seed] = float(q["recall"])
+        row["gain"][run.seed] = float(student_m) - float(teacher_m)
+    return [by_cell[c] for c in sorted(by_cell)]
+
+
+def rank_correlation(xs, ys):
+    """Spearman's rho of two equal-length sequences (SciPy); nan for fewer than 3 pairs."""
+    if len(xs) < 3:
+        return math.nan
+    from scipy import stats as sp  # pylint: disable=g-import-not-at-top
+    return float(sp.spearmanr(xs, ys).statistic)
+
+
+def render_teacher_quality(rows):
+    """Does the student gain where its teacher labels well? (descriptive, beyond the paper)"""
+    if not rows:
+        return []
+    lines = ["## Teacher quality and the student's gain", "",
+             "Beyond the paper, descriptive (no verdict): for every self-trained cell, the "
+             "quality of its teachers' pseudo labels at the threshold used (scored on the "
+             "unlabeled pool's hidden ground truth: box precision for detection, mIoU for "
+             "segmentation), the teachers' test metric, and the student's test gain over its "
+             "own teacher (mean ± 95 % interval over seeds). Spearman's rank correlation "
+             "across the plain self-training cells of a task (one per teacher; the variants "
+             "marked * share a teacher with one of them) says whether the gain follows the "
+             "labels' quality.", ""]
+    for task in ("detection", "segmentation"):
+        mine = sorted((r for r in rows if r["task"] == task),
+                      key=lambda r: _mean(r["quality"]))
+        if not mine:
+            continue
+        metric, key = PRIMARY[task], QUALITY_KEY[task]
+        lines += [f"**{task}** (pseudo-label {key}; test {metric})", "",
+                  f"| cell | seeds | labels' {key} | "
+                  + ("labels' recall | " if task == "detection" else "")
+                  + f"teacher {metric} | student - teacher |",
+                  "|---|---|---|" + ("---|" if task == "detection" else "") + "---|---|"]
+        for r in mine:
+            gain = stats.t_interval(list(r["gain"].values()), CONFIDENCE)
+            recall = (f" {_f(_mean(r['recall']))} |" if task == "detection" else "")
+            lines.append(f"| {r['cell']}{'' if r['plain'] else ' *'} | {len(r['gain'])} | "
+                         f"{_f(_mean(r['quality']))} |"
+                         f"{recall} {_f(_mean(r['teacher']))} | "
+                         f"{_signed(gain)} |")
+        plain = [r for r in mine if r["plain"]]
+        rho = rank_correlation([_mean(r["quality"]) for r in plain],
+                               [_mean(r["gain"]) for r in plain])
+        if math.isfinite(rho):
+            lines += ["", f"Spearman's rho (labels' {key}, mean gain) over the {len(plain)} "
+                          f"plain self-training cells: **{rho:+.2f}**."]
+        lines.append("")
+    return lines
+
+
+def _mean(values):
+    return math.fsum(values.values()) / len(values) if values else math.nan
+
+
+def _signed(interval):
+    if not math.isfinite(interval.half_width):
+        return f"{interval.mean:+.4f} (n={interval.n})"
+    return f"{interval.mean:+.4f} ± {interval.half_width:.4f}"
 
 
 def _labels_kept(manifest):
