@@ -26,7 +26,7 @@ PRIMARY = {"detection": "AP", "segmentation": "mIoU"}
 ALPHA = 0.05  # two-sided: a check's verdict and its finding's family-wise (Holm) error
 CONFIDENCE = 1.0 - ALPHA  # the intervals' coverage (exactly 0.95)
 POWER = 0.8  # the "seeds for 80 % power" column
-MAX_SEEDS_SEARCHED = 30  # stats.seeds_for_power's max_seeds
+MAX_SEEDS_SEARCHED = 30  # beyond this, "> 30"
 MAX_SUGGESTED_SEEDS = 10  # "More seeds" lists the checks that would need at most this many
 
 
@@ -202,7 +202,8 @@ def check_result(runs, check, steps_table=None):
                                                                      check.direction)
     ran = verdict != stats.NOT_RUN
     p = stats.p_value(list(diffs.values())) if ran else math.nan
-    seeds = stats.seeds_for_power(list(diffs.values()), POWER, CONFIDENCE) if ran else None
+    seeds = stats.seeds_for_power(list(diffs.values()), POWER, CONFIDENCE,
+                                 MAX_SEEDS_SEARCHED) if ran else None
     return {"label": check.label, "direction": check.direction, "differences": diffs,
             "interval": interval, "verdict": verdict, "missing": missing, "p": p,
             "seeds_for_power": seeds,
@@ -384,7 +385,7 @@ def _tables_of(cells):
 
 
 def more_seeds(findings):
-    """[(label, result, seeds)]: the inconclusive checks that at most MAX_SUGGESTED_SEEDS seeds
+    """[(check result, seeds)]: the inconclusive checks that at most MAX_SUGGESTED_SEEDS seeds
     would likely decide (POWER at their observed mean and spread), one per set of cells
     (checks of the same cells with another metric, e.g. T9's steps, ask for the most seeds
     any of them needs)."""
@@ -513,8 +514,8 @@ def render(root, out_dir=None, plots=True):
              "finding is reproduced when every check that ran is, contradicted when any "
              "check is.",
              "- A finding has several checks, so some verdict is likely by chance alone (five "
-             "independent checks at 95 % each, none with an effect: 1 - 0.95^5 = 23 %, about "
-             "one finding in five would show one). The **family-wise** column tests each "
+             "independent checks at 95 % each, none with an effect: 1 - 0.95^5 = 23 % of such "
+             "findings would show one). The **family-wise** column tests each "
              "finding's checks as one family with Holm's step-down method (family-wise error "
              "5 % within the finding: the i-th smallest of its m p-values of the paired "
              "t-tests, and every smaller one, must be below 0.05 / (m - j + 1) at its own rank "
