@@ -733,7 +733,7 @@ def render_teacher_quality(rows):
             lines.append(f"| {r['cell']}{'' if r['plain'] else ' *'} | {len(r['gain'])} | "
                          f"{_f(_mean(r['quality']))} |"
                          f"{recall} {_f(_mean(r['teacher']))} | "
-                         f"{_signed(gain)} |")
+                         f"{stats.format_interval(gain, 4, signed=True)} |")
         plain = [r for r in mine if r["plain"]]
         rho = rank_correlation([_mean(r["quality"]) for r in plain],
                                [_mean(r["gain"]) for r in plain])
@@ -746,12 +746,6 @@ def render_teacher_quality(rows):
 
 def _mean(values):
     return math.fsum(values.values()) / len(values) if values else math.nan
-
-
-def _signed(interval):
-    if not math.isfinite(interval.half_width):
-        return f"{interval.mean:+.4f} (n={interval.n})"
-    return f"{interval.mean:+.4f} ± {interval.half_width:.4f}"
 
 
 def _labels_kept(manifest):

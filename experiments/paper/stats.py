@@ -65,6 +65,21 @@ def json_float(x):
     return x if math.isfinite(x) else None
 
 
+def _finite(values):
+    """`values` as floats; a non-finite one is an error (a run that diverged must be looked at,
+    not averaged)."""
+    xs = [float(v) for v in values]
+    if any(not math.isfinite(x) for x in xs):
+        raise ValueError(f"non-finite value in {xs}")
+    return xs
+
+
+def _mean_sd(xs):
+    """Mean and sample standard deviation (n - 1) of at least 2 floats."""
+    mean = math.fsum(xs) / len(xs)
+    return mean, math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
 def t_quantile(p, df):
     """The p-quantile of Student's t with `df` degrees of freedom (SciPy's t.ppf)."""
     from scipy import stats  # pylint: disable=g-import-not-at-top
@@ -88,19 +103,16 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    xs = [float(v) for v in values]
-    if any(not math.isfinite(x) for x in xs):
-        raise ValueError(f"non-finite value in {xs}")
+    xs = _finite(values)
     n = len(xs)
     if n == 0:
         return Interval(math.nan, math.nan, 0, confidence)
-    mean = math.fsum(xs) / n
     if n < 2:
-        return Interval(mean, math.nan, n, confidence)
+        return Interval(xs[0], math.nan, n, confidence)
     if min(xs) == max(xs):  # no spread (and no rounding noise in the mean)
         return Interval(xs[0], 0.0, n, confidence)
-    var = math.fsum((x - mean) ** 2 for x in xs) / (n - 1)
-    half = t_quantile(0.5 + confidence / 2.0, n - 1) * math.sqrt(var / n)
+    mean, sd = _mean_sd(xs)
+    half = t_quantile(0.5 + confidence / 2.0, n - 1) * sd / math.sqrt(n)
     return Interval(mean, half, n, confidence)
 
 
@@ -159,18 +171,15 @@ def p_value(values: Sequence[float]) -> float:
     floating-point rounding when the t statistic sits on the critical value to ~1e-15).
     nan for fewer than 2 values (no test); with no spread, 0 for a non-zero mean, 1 for 0.
     """
-    xs = [float(v) for v in values]
-    if any(not math.isfinite(x) for x in xs):
-        raise ValueError(f"non-finite value in {xs}")
+    xs = _finite(values)
     n = len(xs)
     if n < 2:
         return math.nan
-    mean = math.fsum(xs) / n
     if min(xs) == max(xs):
         return 0.0 if xs[0] != 0.0 else 1.0
-    sem = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1) / n)
+    mean, sd = _mean_sd(xs)
     from scipy import stats  # pylint: disable=g-import-not-at-top
-    return float(min(1.0, 2.0 * stats.t.sf(abs(mean) / sem, n - 1)))
+    return float(min(1.0, 2.0 * stats.t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1)))
 
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> list:
@@ -251,15 +260,14 @@ def seeds_for_power(values: Sequence[float], target: float = 0.8, confidence: fl
       The number of seeds; None for fewer than 2 values, a mean of 0, or more than
       `max_seeds` needed; 2 when the values have no spread (any 2 would exclude 0).
     """
-    xs = [float(v) for v in values]
+    xs = _finite(values)
     if len(xs) < 2:
         return None
-    mean = math.fsum(xs) / len(xs)
+    mean, sd = _mean_sd(xs)
     if mean == 0.0:
         return None
     if min(xs) == max(xs):
         return 2
-    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
     for n in range(2, max_seeds + 1):
         if power(mean, sd, n, confidence) >= target:
             return n
@@ -275,10 +283,11 @@ def first_step_reaching(curve: Sequence[tuple], threshold: float):
     return None
 
 
-def format_interval(interval: Interval, digits: int = 3) -> str:
-    """'0.312 ± 0.021' (n < 2: '0.312 (n=1)'; no values: '—')."""
+def format_interval(interval: Interval, digits: int = 3, signed: bool = False) -> str:
+    """'0.312 ± 0.021' (n < 2: '0.312 (n=1)'; no values: '—'); signed: '+0.312 ± 0.021'."""
     if interval.n == 0:
         return "—"
+    mean = f"{interval.mean:+.{digits}f}" if signed else f"{interval.mean:.{digits}f}"
     if not math.isfinite(interval.half_width):
-        return f"{interval.mean:.{digits}f} (n={interval.n})"
-    return f"{interval.mean:.{digits}f} ± {interval.half_width:.{digits}f}"
+        return f"{mean} (n={interval.n})"
+    return f"{mean} ± {interval.half_width:.{digits}f}"
