@@ -491,10 +491,12 @@ def render(root, out_dir=None, plots=True):
     dataset = settings.dataset
     keys = [k for k, t in tables.TABLES.items() if dataset in t.datasets]
     lines = ["# Rethinking Pre-training and Self-training: the study, measured", "",
-             f"Generated {now} by `python experiments/paper/report.py --root={root}` from the "
+             f"Generated {now} by `python experiments/paper/report.py --root={_shown(root)}` "
+             "from the "
              "workdirs' JSON files only.", "",
              f"- Repository at report time: `{head}` (`git rev-parse HEAD`); runs made at: "
              + (", ".join(f"`{c}`" for c in commits) or "none") + ".",
+             *render_restored(runs),
              f"- Study: dataset preset `{dataset}`, scale {study.get('scale', '?')}, "
              f"evaluation images {study.get('eval_images') or 'all'}; started with "
              f"`{study.get('command', '?')}`." + (
@@ -810,6 +812,32 @@ def render_time(settings, keys, runs, pseudo, harness):
     return lines + [""]
 
 
+def _shown(path):
+    """PATH relative to the working directory when it lies under it (a record in the
+    repository), else as it is."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _restored(run):
+    return bool(run.record.get("restored_from"))
+
+
+def render_restored(runs):
+    """The header's line on job records restored from an earlier report.json
+    (`recording.restore_from_report`): what they keep and what they lost."""
+    sources = sorted({r.record["restored_from"] for r in runs.values() if _restored(r)})
+    if not sources:
+        return []
+    n = sum(_restored(r) for r in runs.values())
+    return [f"- **{n} of the {len(runs)} job records were restored** from "
+            + "; ".join(f"`{s}`" for s in sources) + " (`record.py --from_report`), the "
+            "study's root having been lost: they keep each job's record and test metrics, "
+            "so every test number and check that uses them is as first reported; they lost "
+            "the validation curves (T9) and the pseudo-label records (teacher quality), which "
+            "are shown only for jobs run again. Marked \"(restored)\" under Cells."]
+
+
 def render_cells(runs, pseudo):
     lines = ["## Cells", "",
              "Every workdir: status, wall time, commit, and the commands that reproduce it "
@@ -825,7 +853,8 @@ def render_cells(runs, pseudo):
             m = run.record.get("metrics", {})
             test = f"top1 {m['top1']:.4f} (validation)" if "top1" in m else ""
         lines.append(f"| {run.cell} | {'shared' if run.stage == 'pretrain' else run.seed} | "
-                     f"{run.record.get('status')} | {wall / 60:.1f} min | {test} | "
+                     f"{run.record.get('status')}{' (restored)' if _restored(run) else ''} | "
+                     f"{wall / 60:.1f} min | {test} | "
                      f"`{str(run.record.get('git_commit', ''))[:12]}` |")
     lines += ["", "<details><summary>Commands</summary>", ""]
     for run in sorted(runs.values(), key=lambda r: (r.cell, r.seed)):

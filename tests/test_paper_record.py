@@ -1,0 +1,193 @@
+"""The study's record (experiments/paper/recording.py, record.py): the JSON the report reads,
+saved apart from the checkpoints, restored from a report.json, and the committed one."""
+
+import json
+import math
+import os
+
+import pytest
+
+from test_paper_harness import PAPER_DIR, _fake, _python  # pylint: disable=g-bad-import-order
+
+import harness  # noqa: E402  (experiments/paper, on sys.path via test_paper_harness)
+import recording  # noqa: E402
+import reporting  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(PAPER_DIR, "..", ".."))
+STUDY = {"dataset": "digit_scenes", "scale": 1.0, "eval_images": 0,
+         "command": "python experiments/paper/run.py --table=all"}
+
+
+def _close(x, y):
+    """Equal, floats to 1e-9 (a sum's order may differ between two renders)."""
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(_close(x[k], y[k]) for k in x)
+    if isinstance(x, list) and isinstance(y, list):
+        return len(x) == len(y) and all(_close(a, b) for a, b in zip(x, y))
+    if isinstance(x, float) and isinstance(y, float):
+        return (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-9,
+                                                                 abs_tol=1e-12)
+    return x == y
+
+
+def _study(root):
+    """A small finished study: T9-like curves, a student with its pseudo labels, a pipeline
+    cell, checkpoints and label shards beside the JSON, and one job still running."""
+    harness.write_json(os.path.join(root, "study.json"), STUDY)
+    seeds = (0, 1, 2)
+    curve = {s: [(125, 0.05), (250, 0.15), (375, 0.25), (750, 0.30 + 0.01 * s)] for s in seeds}
+    _fake(root, "det-sup-rand-s4-f1", {s: 0.30 + 0.01 * s for s in seeds}, history=curve)
+    _fake(root, "det-sup-imagenet-s4-f1", {s: 0.26 - 0.01 * s for s in seeds}, history=curve)
+    _fake(root, "det-st-rand-s4-f1", {s: 0.33 + 0.005 * s for s in seeds})
+    _fake(root, "seg-pipe-rand-s1-f1", {0: 0.40, 1: 0.41}, part="teacher")
+    _fake(root, "seg-pipe-rand-s1-f1", {0: 0.43, 1: 0.45}, part="student")
+    for s in seeds:
+        d = os.path.join(root, "pseudo", "det-sup-rand-s4-f1__pool", f"seed{s}")
+        harness.write_json(os.path.join(d, "cell.json"), {
+            "cell": "det-st-rand-s4-f1", "stage": "pseudo", "seed": s, "status": "finished",
+            "spec": {"teacher": "det-sup-rand-s4-f1"}})
+        harness.write_json(os.path.join(d, "manifest.json"), {"complete": True,
+                                                              "score_threshold": 0.3})
+        harness.write_json(os.path.join(d, "quality.json"), {"thresholds": [
+            {"threshold": 0.3, "precision": 0.2 + 0.1 * s, "recall": 0.5}]})
+        with open(os.path.join(d, "labels-00000-of-00001.tfrecord"), "wb") as f:
+            f.write(b"\0" * 1000)
+        config = os.path.join(root, "cells", "det-st-rand-s4-f1", f"seed{s}", "config.json")
+        c = json.load(open(config))
+        c["self_training"] = {"pseudo_labels": d}
+        harness.write_json(config, c)
+        ckpt = os.path.join(root, "cells", "det-sup-rand-s4-f1", f"seed{s}", "checkpoints")
+        os.makedirs(ckpt)
+        with open(os.path.join(ckpt, "ckpt-750.data-00000-of-00001"), "wb") as f:
+            f.write(b"\0" * 1000)
+    _fake(root, "det-st-imagenet-s4-f1", {0: 0.5})
+    running = os.path.join(root, "cells", "det-st-imagenet-s4-f1", "seed0", "cell.json")
+    harness.write_json(running, {**json.load(open(running)), "status": "running"})
+    os.remove(os.path.join(os.path.dirname(running), "metrics_test.json"))  # not tested yet
+
+
+def _files(d):
+    return sorted(os.path.relpath(os.path.join(p, f), d) for p, _, fs in os.walk(d)
+                  for f in fs)
+
+
+def test_save_keeps_the_finished_jobs_json_and_the_record_renders_the_same_report(tmp_path):
+    root, out = str(tmp_path / "study"), str(tmp_path / "record")
+    _study(root)
+    result = recording.save(root, out)
+    files = _files(out)
+    assert not any("ckpt" in f or f.endswith(".tfrecord") for f in files)
+    assert "cells/det-st-imagenet-s4-f1/seed0/cell.json" not in files  # still running
+    assert "cells/det-sup-rand-s4-f1/seed1/metrics_history.jsonl" in files
+    assert "cells/seg-pipe-rand-s1-f1/seed0/student/metrics_test.json" in files
+    assert "pseudo/det-sup-rand-s4-f1__pool/seed2/quality.json" in files
+    assert "study.json" in files
+    assert len(result["added"]) == 3 + 3 + 3 + 2 + 3 and not result["replaced"]
+    from_root = reporting.render(root, str(tmp_path / "a"), plots=False)
+    from_record = reporting.render(out, str(tmp_path / "b"), plots=False)
+    for key in ("tables", "findings", "teacher_quality"):
+        assert _close(from_root[key], from_record[key]), key
+    assert from_record["tables"]["T9"]["Rand Init | steps to AP"]["n"] == 3  # curves kept
+    assert len(from_record["teacher_quality"]) == 1  # the pseudo labels found in the record
+    assert recording.save(root, out) == {"added": [], "replaced": [], "unchanged": 14}
+
+
+def test_a_job_run_again_replaces_its_record_and_an_unfinished_one_does_not(tmp_path):
+    root, out = str(tmp_path / "study"), str(tmp_path / "record")
+    _study(root)
+    recording.save(root, out)
+    metrics = os.path.join(root, "cells", "det-sup-rand-s4-f1", "seed0", "metrics_test.json")
+    harness.write_json(metrics, {**json.load(open(metrics)), "AP": 0.5})
+    result = recording.save(root, out)
+    assert result["replaced"] == [("cells/det-sup-rand-s4-f1/seed0", "AP", 0.30, 0.5)]
+    record = os.path.join(out, "cells", "det-sup-rand-s4-f1", "seed0")
+    assert json.load(open(os.path.join(record, "metrics_test.json")))["AP"] == 0.5
+    assert not [f for f in os.listdir(os.path.dirname(record)) if f.startswith(".")]
+    # The same job started again and not finished: the record keeps the finished one.
+    cell = os.path.join(root, "cells", "det-sup-rand-s4-f1", "seed0", "cell.json")
+    harness.write_json(cell, {**json.load(open(cell)), "status": "running"})
+    harness.write_json(metrics, {**json.load(open(metrics)), "AP": 0.1})
+    assert not recording.save(root, out)["replaced"]
+    assert json.load(open(os.path.join(record, "metrics_test.json")))["AP"] == 0.5
+
+
+def test_a_record_of_another_study_is_refused_naming_the_setting(tmp_path):
+    root, out = str(tmp_path / "study"), str(tmp_path / "record")
+    _study(root)
+    harness.write_json(os.path.join(out, "study.json"), {**STUDY, "scale": 0.05})
+    with pytest.raises(ValueError, match=r"scale=1\.0.*scale=0\.05"):
+        recording.save(root, out)
+    assert _files(out) == ["study.json"]  # nothing written
+    with pytest.raises(ValueError, match="holds no study.json"):
+        recording.save(str(tmp_path), out)
+
+
+def test_restore_from_a_report_gives_its_tables_and_findings_without_the_curves(tmp_path):
+    root, out = str(tmp_path / "study"), str(tmp_path / "record")
+    _study(root)
+    first = reporting.render(root, str(tmp_path / "first"), plots=False)
+    result = recording.restore_from_report(str(tmp_path / "first" / "report.json"), out)
+    assert len(result["restored"]) == 3 + 3 + 3 + 2 + 1  # the running job's record too
+    assert json.load(open(os.path.join(out, "study.json"))) == STUDY
+    again = reporting.render(out, str(tmp_path / "again"), plots=False)
+    for key, value in first["tables"].items():
+        if key != "T9":
+            assert _close(value, again["tables"][key]), key
+    assert again["tables"]["T9"]["Rand Init | steps to AP"]["n"] == 0  # curves not kept
+    assert again["teacher_quality"] == []  # nor pseudo-label records
+    checks = {c["label"]: c for f in again["findings"] for c in f["checks"]}
+    for f in first["findings"]:
+        for c in f["checks"]:
+            if c["label"].startswith("steps"):
+                assert checks[c["label"]]["verdict"] == "not run"
+            else:
+                assert _close(c, checks[c["label"]]), c["label"]
+    record = json.load(open(os.path.join(out, "cells", "det-sup-rand-s4-f1", "seed1",
+                                         "cell.json")))
+    assert record["restored_from"].startswith("report.json generated ")
+    assert record["test_split"] == "test" and record["status"] == "finished"
+    text = open(tmp_path / "again" / "REPORT.md").read()
+    assert "**12 of the 12 job records were restored**" in text
+    assert "| det-sup-rand-s4-f1 | 1 | finished (restored) |" in text
+    # Restoring again keeps everything; a job run again replaces its restored record.
+    assert recording.restore_from_report(
+        str(tmp_path / "first" / "report.json"), out) == {"restored": [], "kept": 12}
+    result = recording.save(root, out)
+    ap = 0.30 + 0.01 * 1
+    assert ("cells/det-sup-rand-s4-f1/seed1", "AP", ap, ap) in result["replaced"]
+    assert "restored_from" not in json.load(open(os.path.join(
+        out, "cells", "det-sup-rand-s4-f1", "seed1", "cell.json")))
+    with pytest.raises(ValueError, match="not a report.json"):
+        recording.restore_from_report(os.path.join(out, "study.json"), out)
+
+
+def test_the_committed_record_renders_the_committed_report(tmp_path):
+    """experiments/paper/REPORT.md and report.json are what report.py makes of the committed
+    record (experiments/paper/record): the study's numbers can be regenerated from the
+    repository alone."""
+    committed = json.load(open(os.path.join(PAPER_DIR, "report.json")))
+    again = reporting.render(os.path.join(PAPER_DIR, "record"), str(tmp_path), plots=False)
+    assert len(again["cells"]) == len(committed["cells"])
+    for key in ("tables", "findings", "teacher_quality"):
+        assert _close(committed[key], again[key]), key
+
+
+def test_record_command_saves_restores_and_rejects_bad_flags(tmp_path):
+    """`python experiments/paper/record.py --root=DIR --out=REC` and `--from_report`."""
+    root, out = str(tmp_path / "study"), str(tmp_path / "record")
+    _study(root)
+    proc = _python(["experiments/paper/record.py", f"--root={root}", f"--out={out}"], REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "14 jobs added, 0 replaced, 0 unchanged" in proc.stdout
+    reporting.render(root, str(tmp_path / "r"), plots=False)
+    restored = str(tmp_path / "restored")
+    proc = _python(["experiments/paper/record.py",
+                    f"--from_report={tmp_path / 'r' / 'report.json'}", f"--out={restored}"],
+                   REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "12 job records restored" in proc.stdout
+    proc = _python(["experiments/paper/record.py", f"--root={tmp_path / 'absent'}",
+                    f"--out={out}"], REPO)
+    assert proc.returncode != 0 and "is not a directory" in proc.stderr
+    proc = _python(["experiments/paper/record.py", f"--out={out}"], REPO)
+    assert proc.returncode != 0 and "give one of --root" in proc.stderr
