@@ -10,6 +10,7 @@ import pytest
 from test_paper_harness import PAPER_DIR, _fake, _python  # pylint: disable=g-bad-import-order
 
 import harness  # noqa: E402  (experiments/paper, on sys.path via test_paper_harness)
+import tables  # noqa: E402
 import recording  # noqa: E402
 import reporting  # noqa: E402
 
@@ -191,3 +192,29 @@ def test_record_command_saves_restores_and_rejects_bad_flags(tmp_path):
     assert proc.returncode != 0 and "is not a directory" in proc.stderr
     proc = _python(["experiments/paper/record.py", f"--out={out}"], REPO)
     assert proc.returncode != 0 and "give one of --root" in proc.stderr
+
+
+def test_run_keeps_the_record_as_it_goes_and_refuses_another_studys(tmp_path):
+    """run.py --record=DIR: at the start and after each job the finished jobs' records are
+    saved there (here: a study whose one job already finished); a record of a study at
+    another --scale stops the run before any work, naming it."""
+    settings = tables.Settings(root=str(tmp_path / "study"))
+    jobs = harness.plan(settings, ["T1"], 1, "det-sup-rand-s1-f1")
+    assert [j.cell for j in jobs] == ["det-sup-rand-s1-f1"]
+    job = jobs[0]
+    harness.write_json(os.path.join(job.workdir, harness.RECORD), {
+        "cell": job.cell, "seed": 0, "stage": "train", "status": "finished",
+        "spec": harness.spec_of(job, settings)})
+    harness.write_json(os.path.join(job.workdir, "metrics_test.json"), {"AP": 0.3})
+    lines = []
+    record = str(tmp_path / "record")
+    assert harness.run_study(settings, ["T1"], seeds=1, rows="det-sup-rand-s1-f1",
+                             validate=False, out=lines.append, record=record) == 0
+    assert "0 to run now" in lines[0]
+    assert json.load(open(os.path.join(record, "cells", "det-sup-rand-s1-f1", "seed0",
+                                       "metrics_test.json"))) == {"AP": 0.3}
+    assert json.load(open(os.path.join(record, "study.json")))["scale"] == 1.0
+    proc = _python(["experiments/paper/run.py", "--table=T1", f"--root={tmp_path / 'other'}",
+                    "--scale=0.5", f"--record={record}", "--dry_run"], REPO)
+    assert proc.returncode != 0 and "holds a study with scale=1.0" in proc.stderr, proc.stderr
+    assert not (tmp_path / "other").exists()

@@ -920,8 +920,11 @@ def _status(job, settings):
 
 def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_index=0,
               max_cells=0, dry_run=False, isolate=True, validate=True, wait_s=86400.0,
-              poll_s=30.0, argv=(), out=print):
+              poll_s=30.0, argv=(), out=print, record=None):
     """Runs (or, with dry_run, lists) this shard's unfinished jobs of the selected tables.
+
+    With `record` (a directory), the record of every finished job (`recording.save`: the JSON
+    the report reads, no checkpoints) is copied there at the start and after each job.
 
     Returns:
       0 if every job it ran finished (or there was nothing to do), 1 otherwise.
@@ -931,6 +934,8 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
     estimates = {job.id: estimate_s(job, settings) for job in jobs}
     mine = shard(jobs, num_shards, shard_index, lambda j: estimates[j.id])
     check_compatible(jobs, settings)
+    if record:
+        check_record(record, settings)
     if validate:
         validate_jobs(mine, settings)
     where = tables_of_jobs(jobs, table_keys)
@@ -953,6 +958,8 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
         return 0
     os.makedirs(settings.root, exist_ok=True)
     write_study(settings, list(argv))
+    save_record = _record_saver(settings, record, out)
+    save_record()
     progress = Progress({j.id: estimates[j.id] for j in todo})
     failed = {}
     by_id = {j.id: j for j in jobs}
@@ -992,6 +999,7 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
                 f"{record.get('error') or 'see log'}; log {path}; ~{left} left")
             if isolate:
                 out("  " + tail(path).replace("\n", "\n  "))
+        save_record()
     if failed:
         out(f"{len(failed)} job(s) failed or were skipped:")
         for reason in failed.values():
@@ -999,6 +1007,32 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
         return 1
     out(f"done; report: python experiments/paper/report.py --root={settings.root}")
     return 0
+
+
+def check_record(record, settings):
+    """Raises ValueError when the record directory holds another study's records."""
+    import recording  # pylint: disable=g-import-not-at-top  (JSON only)
+    theirs = read_json(os.path.join(record, STUDY)) or {}
+    mine = {"dataset": settings.dataset, "scale": settings.scale,
+            "eval_images": settings.eval_images}
+    for key in recording.STUDY_SETTINGS:
+        if key in theirs and theirs[key] != mine[key]:
+            raise ValueError(f"--record={record} holds a study with {key}={theirs[key]!r}; "
+                             f"this one has {key}={mine[key]!r}: one record holds one study")
+
+
+def _record_saver(settings, record, out):
+    """A function that saves the study's record into `record` (a no-op without one)."""
+    if not record:
+        return lambda: None
+    import recording  # pylint: disable=g-import-not-at-top  (JSON only)
+
+    def save():
+        result = recording.save(settings.root, record)
+        if result["added"] or result["replaced"]:
+            out(f"  record {record}: {len(result['added'])} added, "
+                f"{len(result['replaced'])} replaced")
+    return save
 
 
 def _seeds_text(seeds_flag, settings):
