@@ -218,3 +218,20 @@ def test_run_keeps_the_record_as_it_goes_and_refuses_another_studys(tmp_path):
                     "--scale=0.5", f"--record={record}", "--dry_run"], REPO)
     assert proc.returncode != 0 and "holds a study with scale=1.0" in proc.stderr, proc.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_a_save_killed_mid_swap_is_recovered_by_the_next(tmp_path):
+    """A kill between the two renames of a job's swap leaves the old copy aside and nothing
+    in its place (or a half-written new one): the next save puts the old copy back first,
+    removes the debris, then copies as usual."""
+    root, out = str(tmp_path / "study"), str(tmp_path / "record")
+    _study(root)
+    recording.save(root, out)
+    cells = os.path.join(out, "cells", "det-sup-rand-s4-f1")
+    os.rename(os.path.join(cells, "seed0"), os.path.join(cells, ".seed0.old-1234abcd"))
+    os.makedirs(os.path.join(cells, ".seed1.new-5678abcd"))
+    assert recording.recover(out) == ["cells/det-sup-rand-s4-f1/seed0"]
+    assert sorted(os.listdir(cells)) == ["seed0", "seed1", "seed2"]
+    os.rename(os.path.join(cells, "seed2"), os.path.join(cells, ".seed2.old-00000000"))
+    assert recording.save(root, out)["unchanged"] == 14  # put back, then found up to date
+    assert sorted(os.listdir(cells)) == ["seed0", "seed1", "seed2"]

@@ -131,6 +131,24 @@ def _swap_in(src_files, root_dir, dest):
         shutil.rmtree(old)
 
 
+def recover(out):
+    """Finishes or undoes a swap that a killed `save` left half done: a job directory renamed
+    aside (`.<name>.old-*`) with nothing in its place is put back; the rest of those and any
+    half-written `.<name>.new-*` are removed. Returns the directories put back."""
+    back = []
+    for path in sorted(glob.glob(os.path.join(out, "*", "*", ".*.old-*"))):
+        name = os.path.basename(path)[1:].rsplit(".old-", 1)[0]
+        dest = os.path.join(os.path.dirname(path), name)
+        if not os.path.exists(dest):
+            os.rename(path, dest)
+            back.append(os.path.relpath(dest, out))
+        else:
+            shutil.rmtree(path)
+    for path in glob.glob(os.path.join(out, "*", "*", ".*.new-*")):
+        shutil.rmtree(path)
+    return back
+
+
 def _same_files(files, a, b):
     """Whether directory B holds exactly FILES, each byte-equal to A's."""
     have = {os.path.relpath(os.path.join(d, f), b)
@@ -161,6 +179,7 @@ def save(root, out):
     if not os.path.isfile(os.path.join(root, STUDY)):
         raise ValueError(f"{root} holds no {STUDY}: not a study's root (run.py --root)")
     check_same_study(root, out)
+    recover(out)
     result = {"added": [], "replaced": [], "unchanged": 0}
     for name in (STUDY, STATUS_NOTE):
         src, dest = os.path.join(root, name), os.path.join(out, name)
