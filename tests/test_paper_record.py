@@ -158,6 +158,11 @@ def test_restore_from_a_report_gives_its_tables_and_findings_without_the_curves(
     assert ("cells/det-sup-rand-s4-f1/seed1", "AP", ap, ap) in result["replaced"]
     assert "restored_from" not in json.load(open(os.path.join(
         out, "cells", "det-sup-rand-s4-f1", "seed1", "cell.json")))
+    # A report of restored records restores them with their first source.
+    twice = str(tmp_path / "twice")
+    recording.restore_from_report(str(tmp_path / "again" / "report.json"), twice)
+    assert json.load(open(os.path.join(twice, "cells", "det-sup-rand-s4-f1", "seed2",
+                                       "cell.json")))["restored_from"] == record["restored_from"]
     with pytest.raises(ValueError, match="not a report.json"):
         recording.restore_from_report(os.path.join(out, "study.json"), out)
 

@@ -254,7 +254,8 @@ def restore_from_report(report_json, out):
                       and m.get("split")), "test")
         record = {k: cell.get(k) for k in ("cell", "seed", "stage", "status", "wall_s",
                                              "commands", "git_commit")}
-        record.update(test_split=split, restored_from=source)
+        # A record restored before keeps the report.json it was first restored from.
+        record.update(test_split=split, restored_from=cell.get("restored_from") or source)
         for part, metrics in test.items():
             _write_json(os.path.join(dest, part, f"metrics_{split}.json"), metrics)
         _write_json(os.path.join(dest, RECORD), record)

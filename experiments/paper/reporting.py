@@ -584,6 +584,7 @@ def render(root, out_dir=None, plots=True):
                        "status": r.record.get("status"), "wall_s": r.record.get("wall_s"),
                        "commands": r.record.get("commands"),
                        "git_commit": r.record.get("git_commit"),
+                       **({"restored_from": r.record["restored_from"]} if _restored(r) else {}),
                        "test": r.test} for r in runs.values()]}
     _write(os.path.join(out_dir, "report.json"), json.dumps(data, indent=2, default=str))
     return data
