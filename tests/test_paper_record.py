@@ -240,3 +240,50 @@ def test_a_save_killed_mid_swap_is_recovered_by_the_next(tmp_path):
     os.rename(os.path.join(cells, "seed2"), os.path.join(cells, ".seed2.old-00000000"))
     assert recording.save(root, out)["unchanged"] == 14  # put back, then found up to date
     assert sorted(os.listdir(cells)) == ["seed0", "seed1", "seed2"]
+
+
+def _recorded(record, settings, job):
+    rel = os.path.relpath(job.workdir, settings.root)
+    harness.write_json(os.path.join(record, rel, "cell.json"),
+                       {"cell": job.cell, "seed": job.seed, "status": "finished"})
+
+
+def _planned(settings, record, tables_, rows, seeds):
+    lines = []
+    assert harness.run_study(settings, tables_, seeds=seeds, rows=rows, dry_run=True,
+                             validate=False, out=lines.append, record=record) == 0
+    return lines[0], [line.split("] ", 1)[1].split("  ~")[0].split(None, 1)[1].strip()
+                      for line in lines if line.startswith("  [")]
+
+
+def test_a_study_resumes_from_its_record_running_only_what_it_lacks(tmp_path):
+    """On a machine without the study's root, run.py --record runs what the record lacks and
+    what that needs (a teacher whose student is missing, its pseudo labels), nothing else."""
+    settings = tables.Settings(root=str(tmp_path / "new_root"))
+    record = str(tmp_path / "record")
+    rows = "det-st-rand-s2-f1"
+    jobs = harness.plan(settings, ["T3"], 2, rows)
+    assert [(j.stage, j.seed) for j in jobs] == [("train", 0), ("pseudo", 0), ("student", 0),
+                                                 ("train", 1), ("pseudo", 1), ("student", 1)]
+    head, todo = _planned(settings, record, ["T3"], rows, 2)
+    assert len(todo) == 6 and "(0 finished here or in the record), 6 to run now" in head
+    # Both teachers and seed 0's student recorded (their pseudo labels not: a report.json
+    # does not keep them): seed 1's student runs, with its teacher and labels.
+    for job in jobs:
+        if job.stage == "train" or (job.stage == "student" and job.seed == 0):
+            _recorded(record, settings, job)
+    head, todo = _planned(settings, record, ["T3"], rows, 2)
+    assert todo == ["det-sup-rand-s2-f1 (seed 1)", "pseudo labels for det-st-rand-s2-f1 "
+                    "(seed 1)", "det-st-rand-s2-f1 (seed 1)"], todo
+    assert "(3 finished here or in the record), 3 to run now" in head
+    _recorded(record, settings, jobs[-1])
+    assert _planned(settings, record, ["T3"], rows, 2)[1] == []
+    # More seeds than the record holds: only the new ones (and what they need) run.
+    assert _planned(settings, record, ["T3"], rows, 3)[1] == [
+        "det-sup-rand-s2-f1 (seed 2)", "pseudo labels for det-st-rand-s2-f1 (seed 2)",
+        "det-st-rand-s2-f1 (seed 2)"]
+    # Without --record, the new root runs everything.
+    lines = []
+    harness.run_study(settings, ["T3"], seeds=2, rows=rows, dry_run=True, validate=False,
+                      out=lines.append)
+    assert "6 to run now" in lines[0]

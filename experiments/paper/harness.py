@@ -924,7 +924,9 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
     """Runs (or, with dry_run, lists) this shard's unfinished jobs of the selected tables.
 
     With `record` (a directory), the record of every finished job (`recording.save`: the JSON
-    the report reads, no checkpoints) is copied there at the start and after each job.
+    the report reads, no checkpoints) is copied there at the start and after each job, and a
+    job the record already holds finished is not run again unless a job to run needs it
+    (`not_in_record`): a study resumes from its record on a machine without its root.
 
     Returns:
       0 if every job it ran finished (or there was nothing to do), 1 otherwise.
@@ -941,13 +943,18 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
     where = tables_of_jobs(jobs, table_keys)
     todo = [job for job in mine if not is_finished(job, settings)]
     finished = len(mine) - len(todo)
+    if record:
+        kept = not_in_record(todo, jobs, record, settings)
+        finished += len(todo) - len(kept)
+        todo = kept
     if max_cells:
         todo = todo[:max_cells]
     total_s = sum(estimates[j.id] for j in todo)
     out(f"study {settings.root}: tables {', '.join(table_keys)}, dataset {settings.dataset}, "
         f"scale {settings.scale:g}, {_seeds_text(seeds, settings)}, evaluation images "
         f"{settings.eval_images or 'all'}; {len(jobs)} jobs, shard {shard_index}/{num_shards}: "
-        f"{len(mine)} ({finished} finished), {len(todo)} to run now, estimated "
+        f"{len(mine)} ({finished} finished{' here or in the record' if record else ''}), "
+        f"{len(todo)} to run now, estimated "
         f"{format_duration(total_s)} on a quiet 2-core CPU")
     if dry_run:
         for key, n, s in estimate_by_table(todo, settings, table_keys):
@@ -1007,6 +1014,32 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
         return 1
     out(f"done; report: python experiments/paper/report.py --root={settings.root}")
     return 0
+
+
+def not_in_record(todo, jobs, record, settings):
+    """The jobs of `todo` to run when `record` holds the study's finished results.
+
+    A result (any job but pseudo labels) runs when the record does not hold it finished;
+    a job that a job to run depends on runs too, recorded or not (its checkpoints, backbone
+    or labels are not in a record; it is then recorded again); pseudo labels run only for a
+    job that needs them. E.g. with a record of every teacher and student of a table but one
+    student, that student runs with its teacher and the teacher's pseudo labels.
+    """
+    by_id = {j.id: j for j in jobs}
+    in_todo = {j.id for j in todo}
+
+    def recorded(job):
+        rel = os.path.relpath(job.workdir, settings.root)
+        return read_json(os.path.join(record, rel, RECORD), {}).get("status") == "finished"
+
+    needed = set()
+    stack = [j.id for j in todo if j.stage != "pseudo" and not recorded(j)]
+    while stack:
+        job_id = stack.pop()
+        if job_id not in needed:
+            needed.add(job_id)
+            stack += [d for d in by_id[job_id].deps if d in in_todo]
+    return [j for j in todo if j.id in needed]
 
 
 def check_record(record, settings):
