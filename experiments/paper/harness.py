@@ -920,8 +920,13 @@ def _status(job, settings):
 
 def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_index=0,
               max_cells=0, dry_run=False, isolate=True, validate=True, wait_s=86400.0,
-              poll_s=30.0, argv=(), out=print):
+              poll_s=30.0, argv=(), out=print, record=None):
     """Runs (or, with dry_run, lists) this shard's unfinished jobs of the selected tables.
+
+    With `record` (a directory), the record of every finished job (`recording.save`: the JSON
+    the report reads, no checkpoints) is copied there at the start and after each job, and a
+    job the record already holds finished is not run again unless a job to run needs it
+    (`not_in_record`): a study resumes from its record on a machine without its root.
 
     Returns:
       0 if every job it ran finished (or there was nothing to do), 1 otherwise.
@@ -931,18 +936,25 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
     estimates = {job.id: estimate_s(job, settings) for job in jobs}
     mine = shard(jobs, num_shards, shard_index, lambda j: estimates[j.id])
     check_compatible(jobs, settings)
+    if record:
+        check_record(record, settings)
     if validate:
         validate_jobs(mine, settings)
     where = tables_of_jobs(jobs, table_keys)
     todo = [job for job in mine if not is_finished(job, settings)]
     finished = len(mine) - len(todo)
+    if record:
+        kept = not_in_record(todo, jobs, record, settings)
+        finished += len(todo) - len(kept)
+        todo = kept
     if max_cells:
         todo = todo[:max_cells]
     total_s = sum(estimates[j.id] for j in todo)
     out(f"study {settings.root}: tables {', '.join(table_keys)}, dataset {settings.dataset}, "
         f"scale {settings.scale:g}, {_seeds_text(seeds, settings)}, evaluation images "
         f"{settings.eval_images or 'all'}; {len(jobs)} jobs, shard {shard_index}/{num_shards}: "
-        f"{len(mine)} ({finished} finished), {len(todo)} to run now, estimated "
+        f"{len(mine)} ({finished} finished{' here or in the record' if record else ''}), "
+        f"{len(todo)} to run now, estimated "
         f"{format_duration(total_s)} on a quiet 2-core CPU")
     if dry_run:
         for key, n, s in estimate_by_table(todo, settings, table_keys):
@@ -953,6 +965,8 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
         return 0
     os.makedirs(settings.root, exist_ok=True)
     write_study(settings, list(argv))
+    save_record = _record_saver(settings, record, out)
+    save_record()
     progress = Progress({j.id: estimates[j.id] for j in todo})
     failed = {}
     by_id = {j.id: j for j in jobs}
@@ -992,6 +1006,7 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
                 f"{record.get('error') or 'see log'}; log {path}; ~{left} left")
             if isolate:
                 out("  " + tail(path).replace("\n", "\n  "))
+        save_record()
     if failed:
         out(f"{len(failed)} job(s) failed or were skipped:")
         for reason in failed.values():
@@ -999,6 +1014,58 @@ def run_study(settings, table_keys, *, seeds=None, rows="", num_shards=1, shard_
         return 1
     out(f"done; report: python experiments/paper/report.py --root={settings.root}")
     return 0
+
+
+def not_in_record(todo, jobs, record, settings):
+    """The jobs of `todo` to run when `record` holds the study's finished results.
+
+    A result (any job but pseudo labels) runs when the record does not hold it finished;
+    a job that a job to run depends on runs too, recorded or not (its checkpoints, backbone
+    or labels are not in a record; it is then recorded again); pseudo labels run only for a
+    job that needs them. E.g. with a record of every teacher and student of a table but one
+    student, that student runs with its teacher and the teacher's pseudo labels.
+    """
+    by_id = {j.id: j for j in jobs}
+    in_todo = {j.id for j in todo}
+
+    def recorded(job):
+        rel = os.path.relpath(job.workdir, settings.root)
+        return read_json(os.path.join(record, rel, RECORD), {}).get("status") == "finished"
+
+    needed = set()
+    stack = [j.id for j in todo if j.stage != "pseudo" and not recorded(j)]
+    while stack:
+        job_id = stack.pop()
+        if job_id not in needed:
+            needed.add(job_id)
+            stack += [d for d in by_id[job_id].deps if d in in_todo]
+    return [j for j in todo if j.id in needed]
+
+
+def check_record(record, settings):
+    """Raises ValueError when the record directory holds another study's records."""
+    import recording  # pylint: disable=g-import-not-at-top  (JSON only)
+    theirs = read_json(os.path.join(record, STUDY)) or {}
+    mine = {"dataset": settings.dataset, "scale": settings.scale,
+            "eval_images": settings.eval_images}
+    for key in recording.STUDY_SETTINGS:
+        if key in theirs and theirs[key] != mine[key]:
+            raise ValueError(f"--record={record} holds a study with {key}={theirs[key]!r}; "
+                             f"this one has {key}={mine[key]!r}: one record holds one study")
+
+
+def _record_saver(settings, record, out):
+    """A function that saves the study's record into `record` (a no-op without one)."""
+    if not record:
+        return lambda: None
+    import recording  # pylint: disable=g-import-not-at-top  (JSON only)
+
+    def save():
+        result = recording.save(settings.root, record)
+        if result["added"] or result["replaced"]:
+            out(f"  record {record}: {len(result['added'])} added, "
+                f"{len(result['replaced'])} replaced")
+    return save
 
 
 def _seeds_text(seeds_flag, settings):

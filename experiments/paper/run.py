@@ -2,7 +2,7 @@ r"""Runs the paper's tables: one resumable workdir per (cell, seed) under --root
 
   python experiments/paper/run.py --table=T1 --root=DIR [--seeds=N] [--scale=1.0] \
       [--dataset=digit_scenes|coco|voc] [--num_shards=N --shard_index=i] [--rows=...] \
-      [--max_cells=N] [--dry_run]
+      [--max_cells=N] [--record=DIR] [--dry_run]
   python experiments/paper/report.py --root=DIR           # then REPORT.md
 
 --table: T1..T9, B1..B3, a comma list, or 'all' (tables.py). Shared pre-training and teacher
@@ -44,6 +44,9 @@ _EVAL_IMAGES = flags.DEFINE_integer(
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the jobs and the estimate; run nothing.")
 _ISOLATE = flags.DEFINE_bool("isolate", True, "Each job in its own process (cell.py).")
 _VALIDATE = flags.DEFINE_bool("validate", True, "Validate every config before any work.")
+_RECORD = flags.DEFINE_string(
+    "record", None, "Also keep the study's record here (record.py: the JSON the report reads, "
+    "of every finished job, no checkpoints), updated after each job; commit it.")
 _WAIT = flags.DEFINE_float("wait_s", 86400.0, "Longest wait for another shard's job.")
 flags.mark_flags_as_required(["table", "root"])
 
@@ -68,7 +71,8 @@ def main(argv):
             num_shards=_NUM_SHARDS.value, shard_index=_SHARD_INDEX.value,
             max_cells=_MAX_CELLS.value, dry_run=_DRY_RUN.value, isolate=_ISOLATE.value,
             validate=_VALIDATE.value, wait_s=_WAIT.value, argv=["python", *sys.argv],
-            out=lambda line: print(line, flush=True))
+            out=lambda line: print(line, flush=True),
+            record=os.path.abspath(_RECORD.value) if _RECORD.value else None)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     sys.exit(code)
