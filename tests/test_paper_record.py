@@ -287,3 +287,19 @@ def test_a_study_resumes_from_its_record_running_only_what_it_lacks(tmp_path):
     harness.run_study(settings, ["T3"], seeds=2, rows=rows, dry_run=True, validate=False,
                       out=lines.append)
     assert "6 to run now" in lines[0]
+
+
+def test_a_records_more_seeds_command_runs_into_a_root_resuming_from_it(tmp_path):
+    """report.py on a record prints `run.py ... --root=DIR --record=RECORD` (a record holds no
+    checkpoints: running into it would put them in the repository)."""
+    root, out = str(tmp_path / "study"), str(tmp_path / "record")
+    _study(root)
+    assert not recording.is_record(root)
+    recording.save(root, out)
+    assert recording.is_record(out)
+    assert json.load(open(os.path.join(out, "record.json")))["sources"] == [root]
+    cells = ["det-sup-rand-s4-f1"]
+    assert reporting.run_command(tables.Settings(root=out), cells, 5).endswith(
+        f"--seeds=5 --root=DIR --record={out}")
+    assert reporting.run_command(tables.Settings(root=root), cells, 5).endswith(
+        f"--seeds=5 --root={root}")

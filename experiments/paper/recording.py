@@ -37,6 +37,7 @@ PART_GLOBS = ("metrics_*.json",)
 JOB_FILES = (RECORD, "pipeline.json")
 PIPELINE_PARTS = ("teacher", "student")
 PSEUDO_FILES = (RECORD, "quality.json", "manifest.json")
+MARKER = "record.json"  # says a directory is a record (not a root with checkpoints)
 # study.json's fields that must agree for two studies to share one record.
 STUDY_SETTINGS = ("dataset", "scale", "eval_images")
 FINISHED = "finished"
@@ -98,6 +99,22 @@ def _primary(job_dir):
             if isinstance(m.get(metric), (int, float)):
                 return metric, float(m[metric])
     return None, None
+
+
+def is_record(directory):
+    return os.path.isfile(os.path.join(directory, MARKER))
+
+
+def _mark(out, source):
+    """Writes or extends OUT's marker: what it is and where its records came from."""
+    marker = _read(os.path.join(out, MARKER), {}) or {}
+    sources = marker.get("sources", [])
+    if source not in sources:
+        sources.append(source)
+    _write_json(os.path.join(out, MARKER), {
+        "what": "a study's record: the JSON files report.py reads, of every finished job "
+                "(experiments/paper/recording.py); run.py --root=DIR --record=<this> resumes "
+                "from it", "sources": sources})
 
 
 def check_same_study(root, out):
@@ -180,6 +197,7 @@ def save(root, out):
         raise ValueError(f"{root} holds no {STUDY}: not a study's root (run.py --root)")
     check_same_study(root, out)
     recover(out)
+    _mark(out, root)
     result = {"added": [], "replaced": [], "unchanged": 0}
     for name in (STUDY, STATUS_NOTE):
         src, dest = os.path.join(root, name), os.path.join(out, name)
@@ -242,6 +260,7 @@ def restore_from_report(report_json, out):
               f"git {data.get('git_head', '?')}")
     if study and not mine:
         _write_json(os.path.join(out, STUDY), study)
+    _mark(out, os.path.abspath(report_json))
     result = {"restored": [], "kept": 0}
     for cell in data["cells"]:
         rel = os.path.join("cells", cell["cell"], _seed_dir(cell))

@@ -19,6 +19,7 @@ import subprocess
 
 from rethink_tf.training import history as history_lib  # JSON only, no TensorFlow
 
+import recording
 import stats
 import tables
 
@@ -404,8 +405,11 @@ def more_seeds(findings):
 
 def run_command(settings, cells, seeds):
     """The run.py command that runs the missing seeds (up to `seeds`) of `cells`."""
+    # A record holds no checkpoints: run into a study root, resuming from the record.
+    where = ([f"--root=DIR --record={_shown(settings.root)}"]
+             if recording.is_record(settings.root) else [f"--root={settings.root}"])
     flags = [f"--table={','.join(_tables_of(cells))}", f"--rows={','.join(cells)}",
-             f"--seeds={seeds}", f"--root={settings.root}"]
+             f"--seeds={seeds}", *where]
     if settings.dataset != "digit_scenes":
         flags.append(f"--dataset={settings.dataset}")
     if settings.scale != 1.0:
