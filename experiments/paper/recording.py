@@ -19,13 +19,13 @@ finished record is replaced only by a finished one, and every file is written at
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import uuid
 
 from rethink_tf.training import history as history_lib  # JSON only, no TensorFlow
 
+import harness  # read_json / write_json (atomic); JSON and planning only, no TensorFlow
 import tables
 
 RECORD = "cell.json"
@@ -43,14 +43,6 @@ STUDY_SETTINGS = ("dataset", "scale", "eval_images")
 FINISHED = "finished"
 
 
-def _read(path, default=None):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return default
-
-
 def _write_atomic(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -59,14 +51,10 @@ def _write_atomic(path, data):
     os.replace(tmp, path)
 
 
-def _write_json(path, value):
-    _write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
-
-
 def job_files(job_dir):
     """The record files of one job directory (relative paths), those that exist."""
     out = [f for f in JOB_FILES if os.path.isfile(os.path.join(job_dir, f))]
-    record = _read(os.path.join(job_dir, RECORD), {})
+    record = harness.read_json(os.path.join(job_dir, RECORD), {})
     parts = ("",) + (PIPELINE_PARTS if record.get("stage") == "pipeline" else ())
     for part in parts:
         d = os.path.join(job_dir, part) if part else job_dir
@@ -83,7 +71,7 @@ def finished_jobs(root):
     out = []
     for kind in ("cells", "pseudo"):
         for path in sorted(glob.glob(os.path.join(root, kind, "*", "*", RECORD))):
-            if _read(path, {}).get("status") == FINISHED:
+            if harness.read_json(path, {}).get("status") == FINISHED:
                 out.append(os.path.relpath(os.path.dirname(path), root))
     return out
 
@@ -91,10 +79,10 @@ def finished_jobs(root):
 def _primary(job_dir):
     """(metric, value) of a job's test metrics: AP or mIoU, of the student where there are
     parts; (None, None) when it has none."""
-    record = _read(os.path.join(job_dir, RECORD), {})
+    record = harness.read_json(os.path.join(job_dir, RECORD), {})
     split = record.get("test_split", "test")
     for part in ("", "student"):
-        m = _read(os.path.join(job_dir, part, f"metrics_{split}.json"), {})
+        m = harness.read_json(os.path.join(job_dir, part, f"metrics_{split}.json"), {})
         for metric in ("AP", "mIoU"):
             if isinstance(m.get(metric), (int, float)):
                 return metric, float(m[metric])
@@ -107,11 +95,11 @@ def is_record(directory):
 
 def _mark(out, source):
     """Writes or extends OUT's marker: what it is and where its records came from."""
-    marker = _read(os.path.join(out, MARKER), {}) or {}
+    marker = harness.read_json(os.path.join(out, MARKER), {}) or {}
     sources = marker.get("sources", [])
     if source not in sources:
         sources.append(source)
-    _write_json(os.path.join(out, MARKER), {
+    harness.write_json(os.path.join(out, MARKER), {
         "what": "a study's record: the JSON files report.py reads, of every finished job "
                 "(experiments/paper/recording.py); run.py --root=DIR --record=<this> resumes "
                 "from it", "sources": sources})
@@ -119,7 +107,7 @@ def _mark(out, source):
 
 def check_same_study(root, out):
     """Raises ValueError when OUT already records a study with other settings than ROOT's."""
-    mine, theirs = _read(os.path.join(out, STUDY)), _read(os.path.join(root, STUDY))
+    mine, theirs = harness.read_json(os.path.join(out, STUDY)), harness.read_json(os.path.join(root, STUDY))
     if not mine or not theirs:
         return
     for key in STUDY_SETTINGS:
@@ -245,12 +233,12 @@ def restore_from_report(report_json, out):
       ValueError: REPORT_JSON is not a report.json (no cells), or OUT records a study with
         other settings.
     """
-    data = _read(report_json)
+    data = harness.read_json(report_json)
     if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
         raise ValueError(f"{report_json}: not a report.json written by report.py (no 'cells' "
                          "list)")
     study = data.get("study") or {}
-    mine = _read(os.path.join(out, STUDY))
+    mine = harness.read_json(os.path.join(out, STUDY))
     if mine and study:
         for key in STUDY_SETTINGS:
             if mine.get(key) != study.get(key):
@@ -259,7 +247,7 @@ def restore_from_report(report_json, out):
     source = (f"{os.path.basename(report_json)} generated {data.get('generated', '?')} at "
               f"git {data.get('git_head', '?')}")
     if study and not mine:
-        _write_json(os.path.join(out, STUDY), study)
+        harness.write_json(os.path.join(out, STUDY), study)
     _mark(out, os.path.abspath(report_json))
     result = {"restored": [], "kept": 0}
     for cell in data["cells"]:
@@ -276,7 +264,7 @@ def restore_from_report(report_json, out):
         # A record restored before keeps the report.json it was first restored from.
         record.update(test_split=split, restored_from=cell.get("restored_from") or source)
         for part, metrics in test.items():
-            _write_json(os.path.join(dest, part, f"metrics_{split}.json"), metrics)
-        _write_json(os.path.join(dest, RECORD), record)
+            harness.write_json(os.path.join(dest, part, f"metrics_{split}.json"), metrics)
+        harness.write_json(os.path.join(dest, RECORD), record)
         result["restored"].append(rel)
     return result
