@@ -123,6 +123,19 @@ def test_a_record_of_another_study_is_refused_naming_the_setting(tmp_path):
         recording.save(str(tmp_path), out)
 
 
+def test_settings_conflict_names_the_first_setting_both_record_differently():
+    study = {"dataset": "digit_scenes", "scale": 1.0, "eval_images": 0}
+    assert harness.settings_conflict(study, dict(study)) is None
+    assert harness.settings_conflict(study, {**study, "scale": 0.05}) == "scale"
+    assert harness.settings_conflict(study, {**study, "dataset": "coco", "scale": 2}) == "dataset"
+    # A setting only one side records, or no study at all, is no conflict.
+    assert harness.settings_conflict({"dataset": "coco"}, {"scale": 1.0}) is None
+    assert harness.settings_conflict(None, study) is None
+    # run.py's three checks (root, record, report.json) all use it.
+    settings = tables.Settings(root="r", dataset="digit_scenes", scale=1.0, eval_images=0)
+    assert harness.study_settings(settings) == study
+
+
 def test_restore_from_a_report_gives_its_tables_and_findings_without_the_curves(tmp_path):
     root, out = str(tmp_path / "study"), str(tmp_path / "record")
     _study(root)

@@ -334,11 +334,27 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+# study.json's fields that must agree for two studies to share a root or a record.
+STUDY_SETTINGS = ("dataset", "scale", "eval_images")
+
+
+def study_settings(settings):
+    """The study-wide settings of SETTINGS (run.py's flags) as study.json records them."""
+    return {"dataset": settings.dataset, "scale": settings.scale,
+            "eval_images": settings.eval_images}
+
+
+def settings_conflict(mine, theirs):
+    """The first of STUDY_SETTINGS both dicts record with different values, else None."""
+    mine, theirs = mine or {}, theirs or {}
+    return next((k for k in STUDY_SETTINGS
+                 if k in mine and k in theirs and mine[k] != theirs[k]), None)
+
+
 def check_compatible(jobs, settings):
     """Raises ValueError naming the first workdir recorded with other settings."""
     study = read_json(os.path.join(settings.root, STUDY))
-    if study and (study.get("dataset"), study.get("scale"), study.get("eval_images")) != (
-            settings.dataset, settings.scale, settings.eval_images):
+    if settings_conflict(study, study_settings(settings)):
         raise ValueError(
             f"--root={settings.root} holds a study run with --dataset={study.get('dataset')} "
             f"--scale={study.get('scale')} --eval_images={study.get('eval_images')}; these "
@@ -356,8 +372,7 @@ def check_compatible(jobs, settings):
 def write_study(settings, argv):
     path = os.path.join(settings.root, STUDY)
     if not os.path.exists(path):
-        write_json(path, {"dataset": settings.dataset, "scale": settings.scale,
-                          "eval_images": settings.eval_images, "created": _now(),
+        write_json(path, {**study_settings(settings), "created": _now(),
                           "command": " ".join(shlex.quote(a) for a in argv)})
 
 
@@ -1044,14 +1059,11 @@ def not_in_record(todo, jobs, record, settings):
 
 def check_record(record, settings):
     """Raises ValueError when the record directory holds another study's records."""
-    import recording  # pylint: disable=g-import-not-at-top  (JSON only)
-    theirs = read_json(os.path.join(record, STUDY)) or {}
-    mine = {"dataset": settings.dataset, "scale": settings.scale,
-            "eval_images": settings.eval_images}
-    for key in recording.STUDY_SETTINGS:
-        if key in theirs and theirs[key] != mine[key]:
-            raise ValueError(f"--record={record} holds a study with {key}={theirs[key]!r}; "
-                             f"this one has {key}={mine[key]!r}: one record holds one study")
+    theirs, mine = read_json(os.path.join(record, STUDY)), study_settings(settings)
+    key = settings_conflict(mine, theirs)
+    if key:
+        raise ValueError(f"--record={record} holds a study with {key}={theirs[key]!r}; "
+                         f"this one has {key}={mine[key]!r}: one record holds one study")
 
 
 def _record_saver(settings, record, out):

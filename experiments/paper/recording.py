@@ -38,8 +38,6 @@ JOB_FILES = (RECORD, "pipeline.json")
 PIPELINE_PARTS = ("teacher", "student")
 PSEUDO_FILES = (RECORD, "quality.json", "manifest.json")
 MARKER = "record.json"  # says a directory is a record (not a root with checkpoints)
-# study.json's fields that must agree for two studies to share one record.
-STUDY_SETTINGS = ("dataset", "scale", "eval_images")
 FINISHED = "finished"
 
 
@@ -108,14 +106,12 @@ def _mark(out, source):
 def check_same_study(root, out):
     """Raises ValueError when OUT already records a study with other settings than ROOT's."""
     mine, theirs = harness.read_json(os.path.join(out, STUDY)), harness.read_json(os.path.join(root, STUDY))
-    if not mine or not theirs:
-        return
-    for key in STUDY_SETTINGS:
-        if mine.get(key) != theirs.get(key):
-            raise ValueError(
-                f"{os.path.join(root, STUDY)}: {key}={theirs.get(key)!r}, but the record "
-                f"{out} holds a study with {key}={mine.get(key)!r}; one record holds one "
-                "study's settings: use another --out")
+    key = harness.settings_conflict(mine, theirs)
+    if key:
+        raise ValueError(
+            f"{os.path.join(root, STUDY)}: {key}={theirs.get(key)!r}, but the record "
+            f"{out} holds a study with {key}={mine.get(key)!r}; one record holds one "
+            "study's settings: use another --out")
 
 
 def _swap_in(src_files, root_dir, dest):
@@ -239,11 +235,10 @@ def restore_from_report(report_json, out):
                          "list)")
     study = data.get("study") or {}
     mine = harness.read_json(os.path.join(out, STUDY))
-    if mine and study:
-        for key in STUDY_SETTINGS:
-            if mine.get(key) != study.get(key):
-                raise ValueError(f"{report_json}: its study has {key}={study.get(key)!r}, but "
-                                 f"the record {out} holds one with {key}={mine.get(key)!r}")
+    key = harness.settings_conflict(mine, study)
+    if key:
+        raise ValueError(f"{report_json}: its study has {key}={study.get(key)!r}, but "
+                         f"the record {out} holds one with {key}={mine.get(key)!r}")
     source = (f"{os.path.basename(report_json)} generated {data.get('generated', '?')} at "
               f"git {data.get('git_head', '?')}")
     if study and not mine:
