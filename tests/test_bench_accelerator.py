@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # a benchmark's script (README "Speed"); CI time
 def test_accelerator_benchmark_runs_every_measure(tmp_path, digit_scenes_data_dir):
     out = tmp_path / "accelerator.json"
     command = [sys.executable, "experiments/bench/accelerator.py", "--tiny",

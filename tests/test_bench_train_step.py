@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("encode", ["step", "pipeline"])
+@pytest.mark.parametrize("encode", ["step", pytest.param("pipeline", marks=pytest.mark.slow)])
 def test_train_step_benchmark_alternates_both_sides_and_reports_the_ratio(tmp_path, encode):
     out = tmp_path / "train_step.json"
     command = [sys.executable, "experiments/bench/train_step.py", "--data=synthetic",

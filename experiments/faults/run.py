@@ -12,8 +12,9 @@ shard, a rename: wherever it lands), and runs it again to the end. A trial passe
 result equals the reference's exactly (`config.deterministic`): training and pre-training the
 final checkpoint's every value and the metrics; pseudo-labelling every shard's bytes, the
 manifest's image count and no duplicate image; the main job all of those for its teacher,
-pseudo labels and student, its backbone's values and one exported model. `--suite` also runs the fast fault tests
-(`tests/faults`: bad inputs, corrupt images and checkpoints, NaN, full disk) and counts them.
+pseudo labels and student, its backbone's values and one exported model. `--suite` also runs
+the fault tests (`tests/faults`, the slow-marked ones too: bad inputs, corrupt images and
+checkpoints, NaN, full disk) and counts them.
 
 Writes `<root>/results.json` and prints a Markdown summary (`experiments/faults/RESULTS.md`
 holds one). Resumable: a finished trial is not rerun.
@@ -40,7 +41,8 @@ _STEPS = flags.DEFINE_integer("steps", 12, "Training steps of the train and pret
 PARTS = ("train", "pretrain", "pseudo", "pipeline")
 _PARTS = flags.DEFINE_list("parts", list(PARTS), "Which commands to kill (the main job, "
                            "`pipeline`, at every stage).")
-_SUITE = flags.DEFINE_bool("suite", False, "Also run the fast fault tests (tests/faults).")
+_SUITE = flags.DEFINE_bool("suite", False, "Also run the fault tests (tests/faults, slow-marked "
+                            "included).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill times.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir with (or for) the tiny "
                                 "digit_scenes configs; default <root>/tfds.")
@@ -256,11 +258,13 @@ def run_part(part, root, data_dir, results):
 
 
 def run_suite(root, results):
-    """The fast fault tests, with a JUnit XML; counts passed / failed per test file."""
+    """The fault tests (slow-marked included), with a JUnit XML; counts passed / failed per
+    test file."""
     import xml.etree.ElementTree as ET  # pylint: disable=g-import-not-at-top
     xml_path = os.path.join(root, "suite.xml")
     start = time.time()
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "-m", "slow or not slow",  # the slow-marked fault tests too
                     f"--junitxml={xml_path}", "tests/faults"], cwd=procs.REPO_ROOT,
                    env=procs.env(), check=False)
     counts = collections.defaultdict(collections.Counter)

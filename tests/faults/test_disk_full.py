@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from faults_helpers import REPO_ROOT  # tests/faults/  # pylint: disable=g-bad-import-order
 from faults_helpers import run_command  # pylint: disable=g-bad-import-order
 
@@ -57,6 +59,7 @@ def _train_command(data_dir, workdir, steps):
             "--config.eval.tb_images=0"]
 
 
+@pytest.mark.slow  # the failed JSON write (above) stays in the default run; CI time
 def test_a_checkpoint_that_cannot_be_written_fails_naming_it_and_the_run_resumes(
         tmp_path, digit_scenes_data_dir):
     workdir = str(tmp_path / "run")

@@ -3,9 +3,12 @@
 import json
 import os
 
+import pytest
+
 from faults_helpers import procs  # tests/faults/  # pylint: disable=g-bad-import-order
 
 
+@pytest.mark.slow  # kill-and-resume is tests/faults/test_kill.py's in the default run; CI time
 def test_fault_runner_kills_and_checks_a_training_run(tmp_path, digit_scenes_data_dir):
     root = tmp_path / "faults"
     returncode, output = procs.run(

@@ -51,7 +51,14 @@ TRAIN_KILL_POINTS = {
 }
 
 
-@pytest.mark.parametrize("point", sorted(TRAIN_KILL_POINTS))
+# The default run kills around a checkpoint write (the point where a torn write would lose
+# work); the other points, and pretrain's kill, run with `-m slow` (CI time: README "Test").
+DEFAULT_RUN_POINT = "checkpoint_write"
+
+
+@pytest.mark.parametrize("point", [
+    p if p == DEFAULT_RUN_POINT else pytest.param(p, marks=pytest.mark.slow)
+    for p in sorted(TRAIN_KILL_POINTS)])
 def test_train_killed_then_rerun_equals_uninterrupted(point, reference_train, tmp_path,
                                                       digit_scenes_data_dir):
     workdir = str(tmp_path / "killed")
@@ -68,6 +75,7 @@ def _pretrain_command(data_dir, workdir):
     return procs.pretrain_command(data_dir, workdir, 6)
 
 
+@pytest.mark.slow  # the same loop (trainer.train) as train's kill above; CI time
 def test_pretrain_killed_mid_step_then_rerun_writes_the_uninterrupted_backbone(
         tmp_path, digit_scenes_data_dir):
     reference = str(tmp_path / "reference")

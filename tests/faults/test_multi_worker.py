@@ -26,6 +26,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import distributed_step  # tests/distributed_step.py  # pylint: disable=g-bad-import-order
 import multi_worker_job  # tests/faults/  # pylint: disable=g-bad-import-order
@@ -153,6 +154,7 @@ def test_two_workers_train_as_one_process_and_only_the_chief_writes(
 
 
 
+@pytest.mark.slow  # two workers (above) and a killed run (test_kill.py) stay in the default run
 def test_a_worker_killed_mid_run_and_the_job_restarted_resumes_from_the_last_checkpoint(
         tmp_path, trained_workdir, digit_scenes_data_dir):
     """Worker 1 gets SIGKILL after the step-2 checkpoint; the job is restarted (both workers,
