@@ -136,6 +136,18 @@ def test_settings_conflict_names_the_first_setting_both_record_differently():
     assert harness.study_settings(settings) == study
 
 
+def test_time_counts_runs_beyond_a_tables_default_seeds_apart():
+    # T9's --seeds=6 runs T1's S4 cells at seeds 3-5: not T1's jobs (T1 has 3 seeds).
+    cell = tables.TABLES["T9"].entries[next(iter(tables.TABLES["T9"].entries))].cell
+    runs = {(cell, seed): reporting.Run(cell, seed, "train", "w", {"wall_s": {"train": 60.0}},
+                                        {}, {}, {}) for seed in range(6)}
+    pseudo = [({"cell": cell, "seed": 4, "wall_s": {"label": 30.0}}, None, None)]
+    measured = reporting.measured_time_by_table(runs, pseudo, ["T1", "T9"])
+    assert measured["T1"] == [3, 180.0]
+    assert measured["T9"] == [0, 0.0]
+    assert measured[reporting.MORE_SEEDS] == [4, 210.0]
+
+
 def test_restore_from_a_report_gives_its_tables_and_findings_without_the_curves(tmp_path):
     root, out = str(tmp_path / "study"), str(tmp_path / "record")
     _study(root)

@@ -450,25 +450,34 @@ def job_wall_s(record):
     return float(sum(record.get("wall_s", {}).values()))
 
 
+MORE_SEEDS = "more seeds"  # jobs at seeds beyond their table's default (run.py --seeds=N)
+
+
 def measured_time_by_table(runs, pseudo, table_keys):
-    """{table: (jobs, seconds)}: wall time of the jobs each table needs first (a shared job
-    counts in the first table that uses it, as in run.py's estimate)."""
+    """{table: (jobs, seconds)}: wall time of the jobs each table needs first at its default
+    seeds (a shared job counts in the first table that uses it, as in run.py's estimate); jobs
+    at seeds beyond that table's default (`--seeds=N` runs) count under MORE_SEEDS."""
     first = {}
     for key in table_keys:
         for entry in tables.TABLES[key].entries.values():
             for name in tables.dependencies(entry.cell):
                 first.setdefault(name, key)
-    out = {key: [0, 0.0] for key in table_keys}
+    out = {key: [0, 0.0] for key in (*table_keys, MORE_SEEDS)}
+
+    def add(cell, seed, record):
+        key = first.get(cell)
+        if key not in out:
+            return
+        if isinstance(seed, int) and seed >= tables.TABLES[key].seeds:
+            key = MORE_SEEDS
+        out[key][0] += 1
+        out[key][1] += job_wall_s(record)
+
     for run in runs.values():
-        key = first.get(run.cell)
-        if key in out:
-            out[key][0] += 1
-            out[key][1] += job_wall_s(run.record)
+        add(run.cell, run.seed, run.record)
     for record, _, _ in pseudo:
-        key = first.get(record.get("cell"))
-        if key in out:
-            out[key][0] += 1
-            out[key][1] += job_wall_s(record)
+        seed = record.get("seed")
+        add(record.get("cell"), int(seed) if isinstance(seed, (int, float)) else None, record)
     return out
 
 
@@ -792,8 +801,9 @@ def study_settings(root, study):
 def render_time(settings, keys, runs, pseudo, harness):
     measured = measured_time_by_table(runs, pseudo, keys)
     lines = ["## Time", "",
-             "Wall time of the jobs each table needed first (a shared pre-training or "
-             "teacher run counts once, in the first table that uses it), summed over "
+             "Wall time of the jobs each table needed first at its default seeds (a shared "
+             "pre-training or teacher run counts once, in the first table that uses it; runs "
+             "at more seeds than that, `--seeds=N`, count on their own row), summed over "
              "resumptions, against run.py's estimate for a quiet 2-core CPU at this scale "
              "(each table's default seeds).", "",
              "| table | jobs run | measured | estimate (all its jobs) |",
@@ -812,6 +822,11 @@ def render_time(settings, keys, runs, pseudo, harness):
         total_e += e if math.isfinite(e) else 0.0
         lines.append(f"| {key} | {n} | {harness.format_duration(s)} | "
                      f"{harness.format_duration(e) if math.isfinite(e) else '?'} |")
+    n, s = measured[MORE_SEEDS]
+    if n:
+        total_m += s
+        lines.append(f"| {MORE_SEEDS} (beyond a table's default, `--seeds=N`) | {n} | "
+                     f"{harness.format_duration(s)} | - |")
     lines.append(f"| all | {sum(n for n, _ in measured.values())} | "
                  f"{harness.format_duration(total_m)} | {harness.format_duration(total_e)} |")
     return lines + [""]
