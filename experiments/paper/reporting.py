@@ -321,8 +321,9 @@ def render_status(root, keys, results, settings, seeds=None):
     lines.append("")
     if os.path.exists(note):
         with open(note) as f:
-            lines += ["**Why cells are missing** (the runner's note, `STATUS.md`):", "",
-                      f.read().strip()]
+            lines += [("**Why cells are missing**" if not complete else
+                       "Every cell of every table ran at every seed. **How**") +
+                      " (the runner's note, `STATUS.md`):", "", f.read().strip()]
     elif not complete:
         lines.append(f"Cells are missing and `{STATUS_NOTE}` in the study's root says nothing "
                      "about why.")
