@@ -28,8 +28,8 @@ from rethink_tf.training import history as history_lib  # JSON only, no TensorFl
 import harness  # read_json / write_json (atomic); JSON and planning only, no TensorFlow
 import tables
 
-RECORD = "cell.json"
-STUDY = "study.json"
+RECORD = harness.RECORD  # cell.json
+STUDY = harness.STUDY  # study.json
 STATUS_NOTE = "STATUS.md"
 # A job's files the report reads, per part directory ("" or a pipeline's teacher/student).
 PART_FILES = ("config.json", "metrics.json", history_lib.HISTORY_FILE)
@@ -105,7 +105,8 @@ def _mark(out, source):
 
 def check_same_study(root, out):
     """Raises ValueError when OUT already records a study with other settings than ROOT's."""
-    mine, theirs = harness.read_json(os.path.join(out, STUDY)), harness.read_json(os.path.join(root, STUDY))
+    mine = harness.read_json(os.path.join(out, STUDY))
+    theirs = harness.read_json(os.path.join(root, STUDY))
     key = harness.settings_conflict(mine, theirs)
     if key:
         raise ValueError(

@@ -295,7 +295,8 @@ def _pretraining_line(table, settings):
         f"{d['label']} = {d['recipe']} on `{d['corpus']}`" for d in described) + "."]
 
 
-STATUS_NOTE = "STATUS.md"  # in the study's root: whoever runs the study says why cells are missing
+# In the study's root: whoever runs the study says why cells are missing.
+STATUS_NOTE = recording.STATUS_NOTE
 
 
 def render_status(root, keys, results, settings, seeds=None):
